@@ -1,0 +1,5 @@
+import sys
+
+from danemilter.cli import main
+
+sys.exit(main())
