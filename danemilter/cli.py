@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from danemilter import __version__
+from danemilter.commands import ocsp as ocsp_commands
 from danemilter.commands import tlsa as tlsa_commands
 from danemilter.commands import verify as verify_commands
 from danemilter.errors import DanemilterError, UsageError
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     tlsa_commands.register(commands)
+    ocsp_commands.register(commands)
     verify_commands.register(commands)
     return parser
 
