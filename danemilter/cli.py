@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from danemilter import __version__
 from danemilter.commands import ocsp as ocsp_commands
+from danemilter.commands import run as run_commands
 from danemilter.commands import tlsa as tlsa_commands
 from danemilter.commands import verify as verify_commands
 from danemilter.errors import DanemilterError, UsageError
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     tlsa_commands.register(commands)
     ocsp_commands.register(commands)
     verify_commands.register(commands)
+    run_commands.register(commands)
     return parser
 
 

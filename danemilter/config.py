@@ -1,0 +1,386 @@
+"""The policy file (/etc/danemilter/danemilter.yaml) loaded once into frozen, validated values.
+
+The YAML is walked as a node tree rather than loaded into dicts, so that every
+error (unknown key, wrong type, bad value) names the file and the line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+
+from danemilter.errors import ConfigError, InputError
+from danemilter.names import normalize_domain
+from danemilter.resolver import ResolverSettings
+
+DEFAULT_PATH = Path("/etc/danemilter/danemilter.yaml")
+
+
+class DaneMode(StrEnum):
+    """Exim's hosts_try_dane / hosts_require_dane, per destination domain."""
+
+    OFF = "off"
+    TRY = "try"
+    REQUIRE = "require"
+
+
+class OcspMode(StrEnum):
+    """Exim's hosts_request_ocsp / hosts_require_ocsp; ``strict`` enforces without an OCSP URL."""
+
+    OFF = "off"
+    AUTO = "auto"
+    REQUIRE = "require"
+    STRICT = "strict"
+
+
+class FailAction(StrEnum):
+    TAG = "tag"
+    DEFER = "defer"
+    REJECT = "reject"
+    HOLD = "hold"
+
+
+class ErrorAction(StrEnum):
+    TEMPFAIL = "tempfail"
+    ACCEPT = "accept"
+
+
+class ApplyTo(StrEnum):
+    ALL = "all"
+    AUTHENTICATED = "authenticated"
+    NETWORKS = "networks"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    dane: DaneMode = DaneMode.TRY
+    ocsp: OcspMode = OcspMode.OFF
+    on_fail: FailAction = FailAction.TAG
+    reply: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    default: Rule = field(default_factory=Rule)
+    domains: Mapping[str, Rule] = field(default_factory=dict)
+
+    def rule_for(self, domain: str) -> Rule:
+        """Most specific match wins: the exact domain, then the longest ``.suffix``."""
+        exact = self.domains.get(domain)
+        if exact is not None:
+            return exact
+        labels = domain.split(".")
+        for i in range(1, len(labels)):
+            rule = self.domains.get("." + ".".join(labels[i:]))
+            if rule is not None:
+                return rule
+        return self.default
+
+
+_SOCKET = re.compile(r"^(?:inet6?:\d{1,5}(?:@[\w.:\[\]-]+)?|(?:unix|local):/.+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "inet:8891@127.0.0.1"
+    socket_mode: int | None = None
+    socket_group: str | None = None
+    resolver: ResolverSettings = field(default_factory=ResolverSettings)
+    deadline: float = 10.0
+    header: str = "X-DANE-Status"
+    report_only: bool = False
+    on_error: ErrorAction = ErrorAction.TEMPFAIL
+    apply_to: ApplyTo = ApplyTo.ALL
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    skip_domains: frozenset[str] = frozenset()
+    policy: Policy = field(default_factory=Policy)
+    log_level: str = "info"
+    source: str = "built-in defaults"
+
+    def skips(self, domain: str) -> bool:
+        """Local domains (exact or ``.suffix``) are not delivered over SMTP by us."""
+        if domain in self.skip_domains:
+            return True
+        labels = domain.split(".")
+        return any("." + ".".join(labels[i:]) in self.skip_domains
+                   for i in range(1, len(labels)))
+
+
+# --- YAML node walking -------------------------------------------------------
+
+T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one file; ``str()`` is the first, ``errors`` has them all."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{errors[0]}{more}")
+
+
+class _Loader:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.errors: list[ConfigError] = []
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Record a ConfigError and go on, so one run reports every problem."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.errors.append(exc)
+
+    def error(self, node: yaml.Node, message: str) -> ConfigError:
+        return ConfigError(message, self.path, node.start_mark.line + 1)
+
+    def mapping(self, node: yaml.Node, what: str, allowed: frozenset[str]
+                ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping")
+        result: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.error(key_node, f"keys of {what} must be plain names")
+            key = str(key_node.value)
+            if allowed and key not in allowed:
+                known = ", ".join(sorted(allowed))
+                self.errors.append(
+                    self.error(key_node, f"unknown key {key!r} in {what} (known: {known})"))
+            elif key in result:
+                self.errors.append(self.error(key_node, f"duplicate key {key!r} in {what}"))
+            else:
+                result[key] = (key_node, value_node)
+        return result
+
+    def scalar(self, node: yaml.Node, what: str) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(node, f"{what} must be a single value")
+        return str(node.value)
+
+    def string(self, node: yaml.Node, what: str) -> str:
+        value = self.scalar(node, what)
+        if node.tag != "tag:yaml.org,2002:str" or not value:
+            raise self.error(node, f"{what} must be a non-empty string")
+        return value
+
+    def optional_string(self, node: yaml.Node, what: str) -> str | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return None
+        return self.string(node, what)
+
+    def boolean(self, node: yaml.Node, what: str) -> bool:
+        value = self.scalar(node, what)
+        if node.tag != "tag:yaml.org,2002:bool":
+            raise self.error(node, f"{what} must be true or false, not {value!r}")
+        return value.lower() in ("true", "yes", "on")
+
+    def number(self, node: yaml.Node, what: str, low: float, high: float) -> float:
+        value = self.scalar(node, what)
+        if node.tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            raise self.error(node, f"{what} must be a number, not {value!r}")
+        number = float(value)
+        if not low <= number <= high:
+            raise self.error(node, f"{what} must be between {low:g} and {high:g}")
+        return number
+
+    def choice(self, node: yaml.Node, what: str, enum: type[E]) -> E:
+        # YAML 1.1 reads a bare `off` as false; accept it as the word the user wrote.
+        value = self.scalar(node, what)
+        if node.tag == "tag:yaml.org,2002:bool":
+            value = value.lower()
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = "|".join(e.value for e in enum)
+            raise self.error(node, f"{what} must be one of {allowed}, not {value!r}") from None
+
+    def sequence(self, node: yaml.Node, what: str, item: Callable[[yaml.Node], T]) -> list[T]:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, f"{what} must be a list")
+        return [item(child) for child in node.value]
+
+    def domain_pattern(self, node: yaml.Node, what: str) -> str:
+        text = self.string(node, what)
+        dot = text.startswith(".")
+        try:
+            name = normalize_domain(text[1:] if dot else text)
+        except InputError as exc:
+            raise self.error(node, f"{what}: {exc}") from None
+        return "." + name if dot else name
+
+
+_RESOLVER_KEYS = frozenset({"address", "port", "timeout"})
+_POLICY_KEYS = frozenset({"default", "domains"})
+_RULE_KEYS = frozenset({"dane", "ocsp", "on_fail", "reply"})
+_HEADER = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
+_LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
+
+
+def _rule(loader: _Loader, node: yaml.Node, what: str, base: Rule) -> Rule:
+    fields = loader.mapping(node, what, _RULE_KEYS)
+    values: dict[str, object] = {}
+    for key, enum in (("dane", DaneMode), ("ocsp", OcspMode), ("on_fail", FailAction)):
+        if key in fields:
+            with loader.collecting():
+                values[key] = loader.choice(fields[key][1], f"{what}.{key}", enum)
+    if "reply" in fields:
+        with loader.collecting():
+            reply = loader.optional_string(fields["reply"][1], f"{what}.reply")
+            if reply is not None and any(c in reply for c in "\r\n%"):
+                raise loader.error(fields["reply"][1],
+                                   f"{what}.reply must be one line without '%'")
+            values["reply"] = reply
+    return replace(base, **values)  # type: ignore[arg-type]
+
+
+def _listen(loader: _Loader, node: yaml.Node) -> str:
+    listen = loader.string(node, "listen")
+    if not _SOCKET.match(listen):
+        raise loader.error(node, "listen must be inet:PORT@HOST, inet6:PORT@HOST "
+                           f"or unix:/PATH, not {listen!r}")
+    return listen
+
+
+def _socket_mode(loader: _Loader, node: yaml.Node) -> int:
+    mode = loader.scalar(node, "socket_mode")
+    if not re.fullmatch(r"0?[0-7]{3}", mode):
+        raise loader.error(node, f"socket_mode must be an octal mode like \"0660\": {mode!r}")
+    return int(mode, 8)
+
+
+def _resolver(loader: _Loader, node: yaml.Node) -> ResolverSettings:
+    fields = loader.mapping(node, "resolver", _RESOLVER_KEYS)
+    address, port, timeout = "127.0.0.1", 53, 3.0
+    if "address" in fields:
+        address = loader.string(fields["address"][1], "resolver.address")
+    if "port" in fields:
+        port = int(loader.number(fields["port"][1], "resolver.port", 1, 65535))
+    if "timeout" in fields:
+        timeout = loader.number(fields["timeout"][1], "resolver.timeout", 0.05, 60)
+    try:
+        return ResolverSettings(address, port, timeout)
+    except InputError as exc:
+        raise loader.error(node, str(exc)) from None
+
+
+def _header(loader: _Loader, node: yaml.Node) -> str:
+    header = loader.string(node, "header")
+    if not _HEADER.match(header):
+        raise loader.error(node, f"header must be a valid header field name: {header!r}")
+    return header
+
+
+def _networks(loader: _Loader, node: yaml.Node
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def network(item: yaml.Node) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        text = loader.string(item, "networks entry")
+        try:
+            return ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise loader.error(item, f"not a network: {text!r}") from None
+    return tuple(loader.sequence(node, "networks", network))
+
+
+def _skip_domains(loader: _Loader, node: yaml.Node) -> frozenset[str]:
+    return frozenset(loader.sequence(
+        node, "skip_domains", lambda item: loader.domain_pattern(item, "skip_domains entry")))
+
+
+def _policy(loader: _Loader, node: yaml.Node) -> Policy:
+    fields = loader.mapping(node, "policy", _POLICY_KEYS)
+    default = Rule()
+    if "default" in fields:
+        with loader.collecting():
+            default = _rule(loader, fields["default"][1], "policy.default", Rule())
+    domains: dict[str, Rule] = {}
+    if "domains" in fields:
+        entries = loader.mapping(fields["domains"][1], "policy.domains", frozenset())
+        for key_node, value_node in entries.values():
+            with loader.collecting():
+                pattern = loader.domain_pattern(key_node, "policy.domains key")
+                if pattern in domains:
+                    raise loader.error(key_node, f"policy.domains lists {pattern} twice")
+                domains[pattern] = _rule(loader, value_node, f"policy.domains[{pattern}]",
+                                         default)
+    return Policy(default, domains)
+
+
+def _log_level(loader: _Loader, node: yaml.Node) -> str:
+    level = loader.string(node, "log_level").lower()
+    if level not in _LOG_LEVELS:
+        raise loader.error(node, f"log_level must be one of {'|'.join(sorted(_LOG_LEVELS))}")
+    return level
+
+
+_FIELDS: dict[str, Callable[[_Loader, yaml.Node], object]] = {
+    "listen": _listen,
+    "socket_mode": _socket_mode,
+    "socket_group": lambda loader, node: loader.string(node, "socket_group"),
+    "resolver": _resolver,
+    "deadline": lambda loader, node: loader.number(node, "deadline", 0.1, 25),
+    "header": _header,
+    "report_only": lambda loader, node: loader.boolean(node, "report_only"),
+    "on_error": lambda loader, node: loader.choice(node, "on_error", ErrorAction),
+    "apply_to": lambda loader, node: loader.choice(node, "apply_to", ApplyTo),
+    "networks": _networks,
+    "skip_domains": _skip_domains,
+    "policy": _policy,
+    "log_level": _log_level,
+}
+_TOP_KEYS = frozenset(_FIELDS)
+
+
+def parse(text: str, path: str) -> Settings:
+    """Parse policy text; raise ConfigErrors naming ``path`` and the line of every problem."""
+    loader = _Loader(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigErrors([ConfigError(f"invalid YAML: {exc.problem}", path, line)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigErrors([ConfigError(f"invalid YAML: {exc}", path)]) from None
+    settings = Settings(source=path)
+    if root is None:
+        return settings
+    values: dict[str, object] = {}
+    with loader.collecting():
+        top = loader.mapping(root, "the configuration", _TOP_KEYS)
+        for key, (_, node) in top.items():
+            with loader.collecting():
+                values[key] = _FIELDS[key](loader, node)
+        if values.get("apply_to") is ApplyTo.NETWORKS and not values.get("networks"):
+            raise loader.error(top["apply_to"][1], "apply_to: networks needs a networks list")
+    if loader.errors:
+        loader.errors.sort(key=lambda e: e.line or 0)
+        raise ConfigErrors(loader.errors)
+    return replace(settings, **values)  # type: ignore[arg-type]
+
+
+def load(path: str | Path | None) -> Settings:
+    """Load the policy file; ``None`` means built-in defaults (dane: try, on_fail: tag)."""
+    if path is None:
+        return Settings()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {getattr(exc, 'strerror', None) or exc}",
+                          str(path)) from None
+    return parse(text, str(path))
