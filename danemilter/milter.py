@@ -123,11 +123,12 @@ class DaneMilter(Milter.Base):
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         # The runtime is fixed per connection: a reload applies from the next one.
         self.runtime = self.runtime_ref.get()
-        if isinstance(hostaddr, tuple) and hostaddr:
-            try:
-                self.client = ipaddress.ip_address(str(hostaddr[0]).split("%")[0])
-            except ValueError:
-                self.client = None
+        # libmilter passes (address, port[, ...]) for inet families; a bare string otherwise.
+        address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
+        try:
+            self.client = ipaddress.ip_address(str(address).split("%")[0])
+        except ValueError:
+            self.client = None  # unix-socket or unknown clients match no network
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -174,7 +175,7 @@ class DaneMilter(Milter.Base):
             return Milter.CONTINUE
         # Delete from the last to the first so that the indices stay valid.
         for index in range(self.forged_headers, 0, -1):
-            self.chgheader(settings.header, index, None)
+            self.chgheader(settings.header, index, "")
         if self.forged_headers:
             log.info("%s: removed %d %s header(s) supplied by the client",
                      self.queue_id(), self.forged_headers, settings.header)

@@ -1,6 +1,9 @@
 from typing import Any
 
 class TestCtx:
+    default_opts: list[int]
+    _protocol: int
+    def _negotiate(self) -> int: ...
     _reply: tuple[Any, ...] | None
     _macros: dict[str, str]
     _msg: Any
