@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import dns.name
 import dns.rdatatype
 from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.ANY.TLSA import TLSA
@@ -160,9 +161,10 @@ def _tlsa_verdict(answer: Answer) -> tuple[HostState, tuple[TLSARecord, ...], st
     if not answer.records:
         how = "securely denied" if answer.secure else "absent (insecure)"
         return HostState.NONE, (), f"TLSA at {answer.qname} {how}"
-    records = _tlsa_records(answer)
     if not answer.secure:
-        return HostState.NONE, records, f"TLSA at {answer.qname} is insecure"
+        # Insecure records are no evidence of anything (RFC 7672 §2.2.3): not reported.
+        return HostState.NONE, (), f"TLSA at {answer.qname} is insecure: DANE does not apply"
+    records = _tlsa_records(answer)
     if any(r.usable for r in records):
         return HostState.DANE, records, f"usable secure TLSA at {answer.qname}"
     return HostState.UNUSABLE, records, f"secure TLSA at {answer.qname} has no usable record"
@@ -203,16 +205,15 @@ class DomainEvaluator:
         if mx.nxdomain:
             return DomainStatus(domain, DomainState.NXDOMAIN, 0, mx.secure, (),
                                 "domain does not exist", mx.ttl)
-        targets = sorted(
-            (rdata.preference, rdata.exchange.to_text(omit_final_dot=True).lower())
-            for rdata in mx.records
-            if isinstance(rdata, MX)
+        exchanges = sorted(
+            (rdata.preference, rdata.exchange) for rdata in mx.records if isinstance(rdata, MX)
         )
-        if targets and all(name == "" for _, name in targets):
+        if exchanges and all(name == dns.name.root for _, name in exchanges):
             return DomainStatus(domain, DomainState.NULLMX, 0, mx.secure, (),
                                 "domain accepts no mail (null MX)", mx.ttl)
         # RFC 7505 §3: a null MX beside real ones is a configuration error; ignore it.
-        targets = [(pref, name) for pref, name in targets if name != ""]
+        targets = [(pref, name.to_text(omit_final_dot=True).lower())
+                   for pref, name in exchanges if name != dns.name.root]
         if not targets:
             # RFC 5321 §5.1: no MX means the domain itself is the implicit MX.
             targets = [(0, domain)]

@@ -18,6 +18,7 @@ import dns.asyncquery
 import dns.edns
 import dns.exception
 import dns.flags
+import dns.immutable
 import dns.message
 import dns.name
 import dns.rcode
@@ -25,6 +26,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from dns.rdtypes.ANY.TLSA import TLSA
 
 from danemilter.errors import InputError
 
@@ -35,6 +37,25 @@ _EDE_DNSSEC_FAILURE = range(6, 13)
 _MAX_CNAME_CHAIN = 16
 # RFC 9715 / DNS flag day 2020: a payload that avoids IP fragmentation.
 _EDNS_PAYLOAD = 1232
+
+
+@dns.immutable.immutable
+class _TLSAAsPublished(TLSA):
+    """TLSA rdata kept as published, without dnspython's digest-length check.
+
+    dnspython (2.9) refuses a whole DNS message when one TLSA record's data length
+    does not fit its matching type. RFC 7672 §3.1 makes such a record merely
+    unusable: the RRset is still secure, and a good record beside it still counts.
+    Refusing the message would turn one bad record into a failed lookup (tempfail).
+    ``TLSARecord.usable`` makes the judgement instead.
+    """
+
+    _cert_length_by_mtype = {}  # noqa: RUF012 - read-only override of dnspython's table
+
+
+# dnspython has no public switch for this; its rdata class table is the hook.
+dns.rdata._rdata_classes[(dns.rdataclass.ANY, dns.rdatatype.TLSA)] = _TLSAAsPublished
+dns.rdata._rdata_classes[(dns.rdataclass.IN, dns.rdatatype.TLSA)] = _TLSAAsPublished
 
 
 class Security(StrEnum):

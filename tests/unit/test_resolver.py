@@ -133,3 +133,19 @@ def test_loopback_detection() -> None:
     assert ResolverSettings("127.0.0.53").is_loopback
     assert ResolverSettings("::1").is_loopback
     assert not ResolverSettings("192.0.2.53").is_loopback
+
+
+def test_tlsa_with_wrong_digest_length_is_kept_not_refused() -> None:
+    """One malformed record must not make the whole (secure) answer a failure."""
+    good = "3 1 1 " + "ab" * 32
+    short = "3 1 1 " + "cd" * 31
+    query = dns.message.make_query("_25._tcp.mx.example.test.", "TLSA", want_dnssec=True)
+    reply = dns.message.make_response(query)
+    reply.flags |= dns.flags.AD
+    reply.answer.append(dns.rrset.from_text("_25._tcp.mx.example.test.", 60, "IN", "TLSA",
+                                            good, short))
+    parsed = dns.message.from_wire(reply.to_wire())
+    answer = interpret(dns.name.from_text("_25._tcp.mx.example.test."),
+                       dns.rdatatype.TLSA, parsed)
+    assert answer.secure
+    assert sorted(r.to_text() for r in answer.records) == sorted([good, short])
