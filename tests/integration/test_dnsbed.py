@@ -146,11 +146,10 @@ def test_secure_answer_has_ad(
 def test_unusable_tlsa_rrset_is_secure_and_served_as_published(
     dns_bed: DnssecTestBed,
 ) -> None:
-    # dnspython refuses the whole message (a digest length that does not fit the matching
-    # type), so read the answer section from the wire.
+    # Stock dnspython refuses the whole message (a digest length that does not fit the
+    # matching type; danemilter.resolver lifts that check process-wide), so read the
+    # answer section from the wire, independent of any rdata parser.
     name = "_25._tcp.mx.unusable.secure.test"
-    with pytest.raises(dns.exception.FormError):
-        dns_bed.query(name, "TLSA")
     wire = dns_bed.query_wire(name, "TLSA")
     flags, rcode, records = _tlsa_from_wire(wire)
     assert rcode == dns.rcode.NOERROR
