@@ -77,7 +77,11 @@ def guarded(callback: F) -> F:
 
 
 def fold_header(name: str, value: str) -> str:
-    """Fold at "; " boundaries so no line exceeds 78 characters where that is possible."""
+    """Fold before the space of a "; " separator so no line exceeds 78 characters.
+
+    RFC 5322 §2.2.3: folding inserts a line break before existing white space, so
+    unfolding (removing the line breaks) gives back exactly ``value``.
+    """
     parts = value.split("; ")
     lines: list[str] = []
     current = parts[0]
@@ -85,11 +89,11 @@ def fold_header(name: str, value: str) -> str:
     for part in parts[1:]:
         if used + len(current) + 2 + len(part) > _HEADER_WIDTH:
             lines.append(current + ";")
-            current, used = part, 1
+            current, used = " " + part, 0
         else:
             current += "; " + part
     lines.append(current)
-    return "\n\t".join(lines)
+    return "\n".join(lines)
 
 
 class DaneMilter(Milter.Base):

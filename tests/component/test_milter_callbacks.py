@@ -302,7 +302,7 @@ def test_reload_applies_to_new_connections_only(use: Any) -> None:
 def test_header_folding(domain: str) -> None:
     value = f"{domain}; status=dane; usage=8; ocsp=off; action=accept"
     folded = fold_header("X-DANE-Status", value)
-    assert folded.replace("\n\t", " ") == value
+    assert folded.replace("\n", "") == value  # unfolding restores the value exactly
     lines = ("X-DANE-Status: " + folded).split("\n")
     # A line may only exceed 78 characters when a single unbreakable part is that long.
     assert all(len(line) <= 78 or "; " not in line for line in lines)
