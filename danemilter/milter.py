@@ -120,6 +120,21 @@ class DaneMilter(Milter.Base):
                 self._queue_id = str(value)
         return self._queue_id or _NOQUEUE
 
+    def setsymlist(self, stage: int, *macros: str) -> None:
+        """Ask the MTA for only these macros at ``stage`` (called from negotiate).
+
+        pymilter 1.0.5's own version hands bytes to its C module, which wants str on
+        Python 3: the TypeError made negotiate() give up on every option, so no stage
+        was skipped and no reply saved. Without SETSYMLIST from the MTA (old Sendmail)
+        the MTA's default macros are fine: nothing to do.
+        """
+        if not self._actions & Milter.SETSYMLIST:
+            return
+        names = " ".join(macros).split()
+        if len(names) > 5:
+            raise ValueError("an MTA takes at most 5 macros per stage")
+        self._ctx.setsymlist(stage, " ".join(names))
+
     # --- callbacks ------------------------------------------------------------
 
     @Milter.noreply

@@ -14,6 +14,7 @@ SKIP: int
 ADDHDRS: int
 CHGHDRS: int
 QUARANTINE: int
+SETSYMLIST: int
 P_RCPT_REJ: int
 
 factory: Callable[[], Base]
@@ -30,6 +31,7 @@ def uniqueID() -> int: ...
 class Base:
     _protocol: int
     _actions: int
+    _ctx: Any
     def _setctx(self, ctx: Any) -> None: ...
     def getsymval(self, sym: str) -> str | None: ...
     def setreply(self, rcode: str, xcode: str | None = ..., msg: str | None = ...,
