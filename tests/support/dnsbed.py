@@ -465,6 +465,9 @@ class DnssecTestBed:
             f'  zonelistfile: "{d}/zone.list"',
             "  verbosity: 1",
             "  hide-version: yes",
+            # Response rate limiting (on by default) drops answers to the one resolver
+            # that asks everything in a burst; unbound then retries after ~400 ms.
+            "  rrl-ratelimit: 0",
             "remote-control:",
             "  control-enable: no",
         ]

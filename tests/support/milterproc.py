@@ -17,7 +17,8 @@ _START_TIMEOUT = 20.0
 
 
 class MilterProcess:
-    def __init__(self, config: str) -> None:
+    def __init__(self, config: str, log_level: str = "debug") -> None:
+        self.log_level = log_level
         self.root = Path(tempfile.mkdtemp(prefix="dm-milter-"))
         self.root.chmod(0o755)  # Postfix's smtpd (user postfix) connects to the socket
         self.socket = self.root / "milter.sock"
@@ -35,7 +36,8 @@ class MilterProcess:
         return f"unix:{self.socket}"
 
     def write_config(self, text: str) -> None:
-        header = f"listen: {self.listen}\nsocket_mode: \"0666\"\nlog_level: debug\n"
+        header = (f"listen: {self.listen}\nsocket_mode: \"0666\"\n"
+                  f"log_level: {self.log_level}\n")
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(header + text)
         os.replace(tmp, self.config_path)
