@@ -48,6 +48,8 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
+from tests.support.ports import free_port
+
 __all__ = [
     "DnsBedError",
     "DnssecTestBed",
@@ -132,21 +134,6 @@ class Zone:
     @property
     def origin(self) -> dns.name.Name:
         return dns.name.from_text(self.name)
-
-
-def free_port() -> int:
-    """A loopback port that is currently free for both UDP and TCP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
-    raise DnsBedError("no free loopback port for UDP and TCP")
 
 
 class _Daemon:
