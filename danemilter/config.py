@@ -53,6 +53,18 @@ class ErrorAction(StrEnum):
     ACCEPT = "accept"
 
 
+class ProbeMode(StrEnum):
+    """Whether decisions use TLS probes of the MX hosts (certificate vs TLSA, OCSP staple).
+
+    ``cached``: only results already in the cache (from ``danemilter verify`` or earlier
+    inline probes); ``inline``: probe at RCPT time within what is left of the deadline.
+    """
+
+    OFF = "off"
+    CACHED = "cached"
+    INLINE = "inline"
+
+
 class ApplyTo(StrEnum):
     ALL = "all"
     AUTHENTICATED = "authenticated"
@@ -65,6 +77,7 @@ class Rule:
     ocsp: OcspMode = OcspMode.OFF
     on_fail: FailAction = FailAction.TAG
     reply: str | None = None
+    probe: ProbeMode = ProbeMode.OFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +98,17 @@ class Policy:
         return self.default
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """How TLS probes connect: used by the milter's ``probe`` rules and ``verify``."""
+
+    port: int = 25
+    timeout: float = 10.0
+    concurrency: int = 16
+    helo: str = "danemilter.invalid"
+    allow_private: bool = False
+
+
 _SOCKET = re.compile(r"^(?:inet6?:\d{1,5}(?:@[\w.:\[\]-]+)?|(?:unix|local):/.+)$")
 
 
@@ -102,6 +126,7 @@ class Settings:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     skip_domains: frozenset[str] = frozenset()
     policy: Policy = field(default_factory=Policy)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
     log_level: str = "info"
     source: str = "built-in defaults"
 
@@ -227,7 +252,8 @@ class _Loader:
 
 _RESOLVER_KEYS = frozenset({"address", "port", "timeout"})
 _POLICY_KEYS = frozenset({"default", "domains"})
-_RULE_KEYS = frozenset({"dane", "ocsp", "on_fail", "reply"})
+_RULE_KEYS = frozenset({"dane", "ocsp", "on_fail", "reply", "probe"})
+_PROBE_KEYS = frozenset({"port", "timeout", "concurrency", "helo", "allow_private"})
 _HEADER = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 
@@ -235,7 +261,8 @@ _LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 def _rule(loader: _Loader, node: yaml.Node, what: str, base: Rule) -> Rule:
     fields = loader.mapping(node, what, _RULE_KEYS)
     values: dict[str, object] = {}
-    for key, enum in (("dane", DaneMode), ("ocsp", OcspMode), ("on_fail", FailAction)):
+    for key, enum in (("dane", DaneMode), ("ocsp", OcspMode), ("on_fail", FailAction),
+                      ("probe", ProbeMode)):
         if key in fields:
             with loader.collecting():
                 values[key] = loader.choice(fields[key][1], f"{what}.{key}", enum)
@@ -321,6 +348,25 @@ def _policy(loader: _Loader, node: yaml.Node) -> Policy:
     return Policy(default, domains)
 
 
+def _probe(loader: _Loader, node: yaml.Node) -> ProbeSettings:
+    fields = loader.mapping(node, "probe", _PROBE_KEYS)
+    values: dict[str, object] = {}
+    with loader.collecting():
+        if "port" in fields:
+            values["port"] = int(loader.number(fields["port"][1], "probe.port", 1, 65535))
+        if "timeout" in fields:
+            values["timeout"] = loader.number(fields["timeout"][1], "probe.timeout", 0.1, 120)
+        if "concurrency" in fields:
+            values["concurrency"] = int(loader.number(fields["concurrency"][1],
+                                                      "probe.concurrency", 1, 256))
+        if "helo" in fields:
+            values["helo"] = loader.domain_pattern(fields["helo"][1], "probe.helo")
+        if "allow_private" in fields:
+            values["allow_private"] = loader.boolean(fields["allow_private"][1],
+                                                     "probe.allow_private")
+    return replace(ProbeSettings(), **values)  # type: ignore[arg-type]
+
+
 def _log_level(loader: _Loader, node: yaml.Node) -> str:
     level = loader.string(node, "log_level").lower()
     if level not in _LOG_LEVELS:
@@ -341,6 +387,7 @@ _FIELDS: dict[str, Callable[[_Loader, yaml.Node], object]] = {
     "networks": _networks,
     "skip_domains": _skip_domains,
     "policy": _policy,
+    "probe": _probe,
     "log_level": _log_level,
 }
 _TOP_KEYS = frozenset(_FIELDS)

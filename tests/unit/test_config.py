@@ -9,6 +9,7 @@ from danemilter.config import (
     ErrorAction,
     FailAction,
     OcspMode,
+    ProbeMode,
     Rule,
     Settings,
     load,
@@ -164,3 +165,26 @@ def test_shipped_config_is_valid() -> None:
     settings = load(REPO / "etc" / "danemilter" / "danemilter.yaml")
     assert settings.policy.default.dane is DaneMode.TRY
     assert settings.policy.default.on_fail is FailAction.TAG
+
+
+def test_probe_settings_and_rule() -> None:
+    s = parse("probe: {port: 2525, timeout: 4, concurrency: 4, helo: relay.example,"
+              " allow_private: true}\npolicy:\n  default: {probe: cached}\n"
+              "  domains:\n    bank.example: {probe: inline}\n", "p.yaml")
+    assert (s.probe.port, s.probe.timeout, s.probe.concurrency) == (2525, 4, 4)
+    assert (s.probe.helo, s.probe.allow_private) == ("relay.example", True)
+    assert s.policy.default.probe is ProbeMode.CACHED
+    assert s.policy.rule_for("bank.example").probe is ProbeMode.INLINE
+    assert Settings().probe.allow_private is False
+    assert Settings().policy.default.probe is ProbeMode.OFF
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("probe: {port: 0}\n", "probe.port"), ("probe: {allow_private: 1}\n", "true or false"),
+     ("probe: {retries: 3}\n", "unknown key 'retries'"),
+     ("policy:\n  default: {probe: always}\n", "off|cached|inline")],
+)
+def test_probe_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigErrors, match=message):
+        parse(text, "p.yaml")
