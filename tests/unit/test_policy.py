@@ -5,6 +5,7 @@ import pytest
 from danemilter.config import DaneMode, ErrorAction, FailAction, OcspMode, Rule
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.policy import Action, Reply, decide
+from danemilter.probe import ProbeResult
 
 HOST = HostStatus("mx.example.test", 10, ("127.0.0.1",), True, HostState.FAILED, None, (),
                   "TLSA lookup failed", 0)
@@ -94,3 +95,55 @@ def test_header_value() -> None:
     decision = decide(status(DomainState.DANE, usage=8), TRY, T)
     assert decision.header_value() == (
         "example.test; status=dane; usage=8; ocsp=off; action=accept")
+
+
+def probe(ocsp: str, *, url: bool = True, must_staple: bool = False,
+          failed_at: str | None = None) -> ProbeResult:
+    return ProbeResult(address="192.0.2.25", port=25, starttls=failed_at is None,
+                       tls_version="TLSv1.3", dane="verified", depth=0,
+                       ocsp=ocsp,  # type: ignore[arg-type]
+                       reason="test", ocsp_url="http://ocsp.example/" if url else None,
+                       must_staple=must_staple, failed_at=failed_at)  # type: ignore[arg-type]
+
+
+REQ_OCSP = Rule(DaneMode.TRY, ocsp=OcspMode.REQUIRE, on_fail=FailAction.REJECT)
+STRICT_OCSP = Rule(DaneMode.TRY, ocsp=OcspMode.STRICT, on_fail=FailAction.DEFER)
+
+
+@pytest.mark.parametrize(
+    ("rule", "probes", "action", "reply", "ocsp"),
+    [
+        (REQ_OCSP, [probe("good")], Action.ACCEPT, None, "good"),
+        (REQ_OCSP, [probe("revoked")], Action.REJECT, (550, "5.7.5"), "revoked"),
+        (REQ_OCSP, [probe("good"), probe("invalid")], Action.REJECT, (550, "5.7.5"), "invalid"),
+        (REQ_OCSP, [probe("absent")], Action.REJECT, (550, "5.7.4"), "absent"),
+        (REQ_OCSP, [probe("stale")], Action.REJECT, (550, "5.7.4"), "stale"),
+        # No OCSP URL and no must-staple: "require" reports, does not enforce.
+        (REQ_OCSP, [probe("absent", url=False)], Action.ACCEPT, None, "absent"),
+        (REQ_OCSP, [probe("absent", url=False, must_staple=True)], Action.REJECT,
+         (550, "5.7.4"), "absent"),
+        (STRICT_OCSP, [probe("absent", url=False)], Action.DEFER, (450, "4.7.4"), "absent"),
+        # A probe that never reached TLS says nothing about OCSP.
+        (REQ_OCSP, [probe("absent", failed_at="connect")], Action.ACCEPT, None, "unknown"),
+        (REQ_OCSP, [], Action.ACCEPT, None, "unknown"),
+        (Rule(DaneMode.TRY, ocsp=OcspMode.AUTO), [probe("revoked")], Action.ACCEPT, None,
+         "revoked"),
+    ],
+)
+def test_ocsp_enforcement_from_probes(
+    rule: Rule, probes: list[ProbeResult], action: Action, reply: tuple[int, str] | None,
+    ocsp: str,
+) -> None:
+    decision = decide(status(DomainState.DANE, usage=4), rule, T, probes)
+    assert decision.action is action
+    got = None if decision.reply is None else (decision.reply.code, decision.reply.xcode)
+    assert got == reply
+    assert decision.ocsp == ocsp
+
+
+def test_mismatch_from_a_probe_under_require() -> None:
+    decision = decide(status(DomainState.DANE_MISMATCH, usage=8), REQ_DEFER, T,
+                      [probe("not-requested")])
+    assert decision.reply is not None
+    assert (decision.reply.code, decision.reply.xcode) == (450, "4.7.5")
+    assert decision.header_value().startswith("example.test; status=dane-mismatch;")
