@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from danemilter import __version__
+from danemilter.commands import cache as cache_commands
 from danemilter.commands import ocsp as ocsp_commands
 from danemilter.commands import run as run_commands
 from danemilter.commands import tlsa as tlsa_commands
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ocsp_commands.register(commands)
     verify_commands.register(commands)
     run_commands.register(commands)
+    cache_commands.register(commands)
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import yaml
 
+from danemilter.cache.settings import CacheSettings, parse_cache_section
 from danemilter.errors import ConfigError, InputError
 from danemilter.names import normalize_domain
 from danemilter.resolver import ResolverSettings
@@ -127,6 +128,7 @@ class Settings:
     skip_domains: frozenset[str] = frozenset()
     policy: Policy = field(default_factory=Policy)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     log_level: str = "info"
     source: str = "built-in defaults"
 
@@ -388,6 +390,7 @@ _FIELDS: dict[str, Callable[[_Loader, yaml.Node], object]] = {
     "skip_domains": _skip_domains,
     "policy": _policy,
     "probe": _probe,
+    "cache": parse_cache_section,
     "log_level": _log_level,
 }
 _TOP_KEYS = frozenset(_FIELDS)

@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load(path)
     _setup_logging(settings.log_level)
     _prepare_socket(settings)
-    engine = Engine(settings.resolver)
+    engine = Engine(settings.resolver, settings.cache)
     ref = RuntimeRef(Runtime(settings, engine.domain_status))
     DaneMilter.runtime_ref = ref
     Milter.factory = DaneMilter
@@ -151,7 +151,9 @@ def _run(args: argparse.Namespace) -> int:
         if reload_requested.is_set() and server.is_alive():
             reload_requested.clear()
             stop.clear()
-            engines.append(_reload(path, ref, engines[-1]))
+            engine = _reload(path, ref, engines[-1])
+            if engine is not engines[-1]:
+                engines.append(engine)
             continue
         break
 
@@ -176,8 +178,8 @@ def _reload(path: str | None, ref: RuntimeRef, engine: Engine) -> Engine:
         return engine
     if settings.listen != current.listen:
         log.warning("listen changed to %s: takes effect after a restart", settings.listen)
-    if settings.resolver != current.resolver:
-        engine = Engine(settings.resolver)
+    if settings.resolver != current.resolver or settings.cache != current.cache:
+        engine = Engine(settings.resolver, settings.cache)
     ref.set(Runtime(settings, engine.domain_status))
     _setup_logging(settings.log_level)
     log.info("reloaded %s", settings.source)

@@ -202,7 +202,9 @@ def test_resolver_down_gives_on_error_within_the_deadline(
     stack.bed.stop_resolver()
     try:
         started = time.monotonic()
-        sub = stack.postfix.submit(["x@ta.secure.test"], message(new_marker()))
+        # A domain no other test asks for, so that no cached status can answer.
+        sub = stack.postfix.submit([f"x@{on_error}.never-cached.secure.test"],
+                                   message(new_marker()))
         elapsed = time.monotonic() - started
     finally:
         stack.bed.start_resolver()
@@ -230,3 +232,24 @@ def test_log_lines_carry_the_queue_id(stack: Stack) -> None:
              if "rcpt=<b@ta.secure.test>" in line]
     assert lines, stack.milter.log()[-2000:]
     assert f" {sub.queue_id}: rcpt=<b@ta.secure.test> domain=ta.secure.test " in lines[-1]
+
+
+def test_warm_domains_are_answered_from_the_cache_with_the_resolver_stopped(
+    stack: Stack,
+) -> None:
+    stack.use("  default: {dane: require, on_fail: reject}\n", deadline=2)
+    warm = stack.postfix.submit(["a@ee.secure.test"], message(new_marker()))
+    assert replies(warm)[0][0] == 250
+    stack.bed.stop_resolver()
+    try:
+        marker = new_marker()
+        started = time.monotonic()
+        sub = stack.postfix.submit(["b@ee.secure.test"], message(marker))
+        elapsed = time.monotonic() - started
+    finally:
+        stack.bed.start_resolver()
+    assert replies(sub)[0][0] == 250
+    assert elapsed < 1.5, "a cached answer must not wait for the dead resolver"
+    delivered = stack.sink.wait_for_message(marker)
+    assert delivered.get_all(HEADER) == [
+        "ee.secure.test; status=dane; usage=8; ocsp=off; action=accept"]

@@ -24,6 +24,7 @@ class MilterProcess:
         self.socket = self.root / "milter.sock"
         self.config_path = self.root / "danemilter.yaml"
         self.log_path = self.root / "milter.log"
+        self.cache_path = self.root / "cache.sqlite3"
         self.process: subprocess.Popen[bytes] | None = None
         self.write_config(config)
 
@@ -37,7 +38,8 @@ class MilterProcess:
 
     def write_config(self, text: str) -> None:
         header = (f"listen: {self.listen}\nsocket_mode: \"0666\"\n"
-                  f"log_level: {self.log_level}\n")
+                  f"log_level: {self.log_level}\n"
+                  f"cache: {{backend: sqlite, path: {self.cache_path}}}\n")
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(header + text)
         os.replace(tmp, self.config_path)

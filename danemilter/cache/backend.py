@@ -1,0 +1,32 @@
+"""The one interface every cache backend implements (memory, SQLite, Redis).
+
+Keys are short strings (``status:<domain>``); values are opaque bytes. ``get`` returns
+the value with its absolute expiry (UNIX time) and may return an expired entry: the
+caller compares the expiry with its own ``now``, so one clock decides freshness.
+No method raises for backend trouble: a failed read is a miss, a failed write is
+dropped (and logged).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class CacheBackend(Protocol):
+    name: str
+
+    def get(self, key: str) -> tuple[bytes, float] | None: ...
+
+    def put(self, key: str, value: bytes, expires_at: float) -> None: ...
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True when it was there."""
+        ...
+
+    def purge(self) -> int:
+        """Remove every entry of this cache; the number removed."""
+        ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

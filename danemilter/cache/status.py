@@ -1,0 +1,188 @@
+"""StatusCache: a bounded in-process LRU in front of a shared backend.
+
+A warm hit is a dictionary lookup under a lock (no I/O, no decoding); a miss in the
+LRU asks the backend and decodes its entry. Freshness is always judged against the
+caller's ``now`` and the entry's own expiry, in the LRU and in the backend alike, so
+nothing is answered past its lifetime. A corrupt backend entry is a miss (and is
+removed), never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from danemilter.cache.backend import CacheBackend
+from danemilter.cache.codec import CodecError, decode, encode
+from danemilter.cache.lifetime import is_transient, lifetime
+from danemilter.cache.settings import CacheSettings
+from danemilter.dane import DomainStatus
+
+log = logging.getLogger(__name__)
+
+STATUS_PREFIX = "status:"
+
+
+def status_key(domain: str) -> str:
+    return STATUS_PREFIX + domain
+
+
+@dataclass(frozen=True, slots=True)
+class CachedStatus:
+    status: DomainStatus
+    stored_at: float
+    expires_at: float
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.stored_at
+
+    def remaining(self, now: float) -> float:
+        return self.expires_at - now
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+class StatusCache:
+    def __init__(self, backend: CacheBackend, settings: CacheSettings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self._front: OrderedDict[str, CachedStatus] = OrderedDict()
+        self._lock = threading.Lock()
+        self.local_hits = 0
+        self.backend_hits = 0
+        self.misses = 0
+        self.stores = 0
+        self.corrupt = 0
+        self.front_evictions = 0
+
+    # --- in-process LRU ---------------------------------------------------------
+
+    def _front_get(self, domain: str, now: float) -> CachedStatus | None:
+        with self._lock:
+            entry = self._front.get(domain)
+            if entry is None:
+                return None
+            if not entry.fresh(now):
+                del self._front[domain]
+                return None
+            self._front.move_to_end(domain)
+            self.local_hits += 1
+            return entry
+
+    def _front_put(self, domain: str, entry: CachedStatus) -> None:
+        limit = self.settings.lru_entries
+        if limit <= 0:
+            return
+        with self._lock:
+            self._front[domain] = entry
+            self._front.move_to_end(domain)
+            while len(self._front) > limit:
+                self._front.popitem(last=False)
+                self.front_evictions += 1
+
+    def peek(self, domain: str, now: float) -> DomainStatus | None:
+        """A fresh status from the in-process LRU only (no I/O), or None."""
+        entry = self._front_get(domain, now)
+        return None if entry is None else entry.status
+
+    # --- through to the backend -------------------------------------------------
+
+    def lookup(self, domain: str, now: float) -> CachedStatus | None:
+        """The fresh cached entry for ``domain`` (LRU first, then the backend), or None."""
+        entry = self._front_get(domain, now)
+        if entry is not None:
+            return entry
+        entry = self._backend_get(domain, now)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.backend_hits += 1
+        self._front_put(domain, entry)
+        return entry
+
+    def _backend_get(self, domain: str, now: float) -> CachedStatus | None:
+        key = status_key(domain)
+        found = self.backend.get(key)
+        if found is None:
+            return None
+        value, expires_at = found
+        if not math.isfinite(expires_at) or expires_at <= now:
+            return None
+        try:
+            decoded = decode(value)
+            if decoded.status.domain != domain:
+                raise CodecError(f"entry is for {decoded.status.domain!r}")
+        except CodecError as exc:
+            self.corrupt += 1
+            log.warning("dropping a corrupt cache entry for %s: %s", domain, exc)
+            self.backend.delete(key)
+            return None
+        # Another host's clock may differ: never believe more than max_ttl from now.
+        expires_at = min(expires_at, now + self.settings.max_ttl)
+        return CachedStatus(decoded.status, min(decoded.stored_at, now), expires_at)
+
+    def get(self, domain: str, now: float) -> DomainStatus | None:
+        entry = self.lookup(domain, now)
+        return None if entry is None else entry.status
+
+    def put(self, status: DomainStatus, now: float) -> CachedStatus | None:
+        """Cache ``status`` for its lifetime (see cache.lifetime); None when not cacheable."""
+        seconds = lifetime(status, self.settings)
+        if seconds <= 0:
+            return None
+        entry = CachedStatus(status, now, now + seconds)
+        self._front_put(status.domain, entry)
+        self.backend.put(status_key(status.domain), encode(status, now), entry.expires_at)
+        self.stores += 1
+        return entry
+
+    def needs_refresh(self, domain: str, now: float) -> bool:
+        """True when a fresh entry is within ``refresh_ahead`` of its lifetime from expiry.
+
+        Callers ask only for domains that are being asked for, so only those are
+        refreshed. Transient entries (tempfail, failed hosts) are never refreshed
+        ahead: they are short and a retry after them is a plain miss.
+        """
+        ahead = self.settings.refresh_ahead
+        if ahead <= 0:
+            return False
+        with self._lock:
+            entry = self._front.get(domain)
+        if entry is None or not entry.fresh(now) or is_transient(entry.status):
+            return False
+        return entry.remaining(now) <= ahead * entry.lifetime
+
+    def purge(self, domain: str | None = None) -> int:
+        """Forget ``domain`` (or everything); the number of backend entries removed."""
+        with self._lock:
+            if domain is None:
+                self._front.clear()
+            else:
+                self._front.pop(domain, None)
+        if domain is None:
+            return self.backend.purge()
+        return int(self.backend.delete(status_key(domain)))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "lru_entries": len(self._front),
+            "lru_max_entries": self.settings.lru_entries,
+            "lru_evictions": self.front_evictions,
+            "local_hits": self.local_hits,
+            "backend_hits": self.backend_hits,
+            "misses": self.misses,
+            "stores": self.stores,
+            "corrupt": self.corrupt,
+            "backend": self.backend.stats(),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._front.clear()
+        self.backend.close()

@@ -1,0 +1,139 @@
+"""``danemilter cache show DOMAIN | purge [DOMAIN] | stats``: the shared status cache.
+
+Front end only: opens the backend named by the policy file's ``cache:`` section and
+reports. It never creates a cache file (one created by root would lock the milter's
+user out of it). Exit status: 0 done, 1 not cached or the cache is unusable, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from danemilter.cache import (
+    BackendName,
+    CacheSettings,
+    RedisBackend,
+    SQLiteBackend,
+    StatusCache,
+    open_backend,
+)
+from danemilter.commands.verify import describe
+from danemilter.config import DEFAULT_PATH, Settings, load
+from danemilter.errors import DanemilterError, UsageError
+from danemilter.names import normalize_domain
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    cache = commands.add_parser(
+        "cache", help="show, purge or count the shared status cache",
+        description="Inspect the status cache the milter and the helper share. Exit status: "
+        "0 done, 1 not cached or cache unusable, 2 bad input.")
+    actions = cache.add_subparsers(dest="cache_command", required=True,
+                                   metavar="{show,purge,stats}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help=f"policy file with a cache: section (default: {DEFAULT_PATH} if "
+                        "it exists, else built-in defaults)")
+    common.add_argument("--json", action="store_true", help="print JSON")
+
+    show = actions.add_parser("show", parents=[common], help="print a domain's cached status")
+    show.add_argument("domain", metavar="DOMAIN")
+    show.set_defaults(handler=_show)
+    purge = actions.add_parser("purge", parents=[common],
+                               help="forget one domain, or every cached status")
+    purge.add_argument("domain", metavar="DOMAIN", nargs="?")
+    purge.set_defaults(handler=_purge)
+    stats = actions.add_parser("stats", parents=[common], help="print cache statistics")
+    stats.set_defaults(handler=_stats)
+
+
+def cache_settings(settings: Settings) -> CacheSettings:
+    """The ``cache:`` section of loaded settings (defaults when it is absent)."""
+    section = getattr(settings, "cache", None)
+    return section if isinstance(section, CacheSettings) else CacheSettings()
+
+
+def _open(args: argparse.Namespace) -> StatusCache:
+    path = args.config
+    if path is None and DEFAULT_PATH.exists():
+        path = str(DEFAULT_PATH)
+    settings = cache_settings(load(path))
+    if settings.backend == BackendName.MEMORY:
+        raise UsageError("cache: the memory backend lives inside the milter process; "
+                         "there is nothing to inspect from here")
+    if settings.backend == BackendName.SQLITE and not Path(settings.path).is_file():
+        raise DanemilterError(f"cache: no cache file at {settings.path}")
+    backend = open_backend(settings)
+    if isinstance(backend, SQLiteBackend) and backend.fallback:
+        backend.close()
+        raise DanemilterError(f"cache: cannot use the cache file {settings.path} (see the log)")
+    if isinstance(backend, RedisBackend) and not backend.ping():
+        backend.close()
+        raise DanemilterError(f"cache: redis at {backend.url} is unreachable")
+    return StatusCache(backend, settings)
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
+
+
+def _show(args: argparse.Namespace) -> int:
+    domain = normalize_domain(args.domain)
+    cache = _open(args)
+    try:
+        now = time.time()
+        entry = cache.lookup(domain, now)
+    finally:
+        cache.close()
+    if args.json:
+        document: dict[str, Any] = {"domain": domain, "cached": entry is not None}
+        if entry is not None:
+            document.update(stored_at=entry.stored_at, expires_at=entry.expires_at,
+                            ttl_left=int(entry.remaining(now)), status=entry.status.to_json())
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif entry is None:
+        print(f"{domain}: not cached")
+    else:
+        sys.stdout.write(describe(entry.status))
+        print(f"  cached {_iso(entry.stored_at)}, expires {_iso(entry.expires_at)} "
+              f"({int(entry.remaining(now))} s left)")
+    return 0 if entry is not None else 1
+
+
+def _purge(args: argparse.Namespace) -> int:
+    domain = normalize_domain(args.domain) if args.domain is not None else None
+    cache = _open(args)
+    try:
+        removed = cache.purge(domain)
+    finally:
+        cache.close()
+    if args.json:
+        json.dump({"domain": domain, "purged": removed}, sys.stdout)
+        sys.stdout.write("\n")
+    elif domain is None:
+        print(f"purged {removed} cached status(es)")
+    else:
+        print(f"{domain}: purged" if removed else f"{domain}: was not cached")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    cache = _open(args)
+    try:
+        backend = cache.backend.stats()
+    finally:
+        cache.close()
+    if args.json:
+        json.dump(backend, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for key, value in backend.items():
+            print(f"{key}: {value}")
+    return 0
