@@ -108,6 +108,7 @@ class ProbeSettings:
     concurrency: int = 16
     helo: str = "danemilter.invalid"
     allow_private: bool = False
+    cache_ttl: int = 3600
 
 
 _SOCKET = re.compile(r"^(?:inet6?:\d{1,5}(?:@[\w.:\[\]-]+)?|(?:unix|local):/.+)$")
@@ -255,7 +256,8 @@ class _Loader:
 _RESOLVER_KEYS = frozenset({"address", "port", "timeout"})
 _POLICY_KEYS = frozenset({"default", "domains"})
 _RULE_KEYS = frozenset({"dane", "ocsp", "on_fail", "reply", "probe"})
-_PROBE_KEYS = frozenset({"port", "timeout", "concurrency", "helo", "allow_private"})
+_PROBE_KEYS = frozenset({"port", "timeout", "concurrency", "helo", "allow_private",
+                         "cache_ttl"})
 _HEADER = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 
@@ -366,6 +368,9 @@ def _probe(loader: _Loader, node: yaml.Node) -> ProbeSettings:
         if "allow_private" in fields:
             values["allow_private"] = loader.boolean(fields["allow_private"][1],
                                                      "probe.allow_private")
+        if "cache_ttl" in fields:
+            values["cache_ttl"] = int(loader.number(fields["cache_ttl"][1], "probe.cache_ttl",
+                                                    0, 86_400))
     return replace(ProbeSettings(), **values)  # type: ignore[arg-type]
 
 

@@ -16,9 +16,12 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from danemilter.cache import CacheSettings, StatusCache, open_cache
+from danemilter.cache import CacheSettings, ProbeCache, StatusCache, open_cache
 from danemilter.cached import CachedEvaluator
+from danemilter.config import ProbeMode, ProbeSettings
 from danemilter.dane import DomainEvaluator, DomainState, DomainStatus
+from danemilter.probe import DomainProbe, OcspRequest
+from danemilter.prober import Prober
 from danemilter.resolver import Resolver, ResolverSettings
 
 T = TypeVar("T")
@@ -38,6 +41,7 @@ class Engine:
         self._thread.start()
         self.cache: StatusCache = open_cache(cache)
         self.evaluator = CachedEvaluator(DomainEvaluator(Resolver(resolver)), self.cache)
+        self.prober = Prober(ProbeCache(self.cache.backend, cache))
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -55,6 +59,12 @@ class Engine:
             future.cancel()
             return DomainStatus(domain, DomainState.TEMPFAIL, 0, False, (),
                                 f"no verdict within {deadline:g} s", 0)
+
+    def domain_probe(self, status: DomainStatus, mode: ProbeMode, ocsp: OcspRequest,
+                     settings: ProbeSettings, budget: float) -> DomainProbe | None:
+        """TLS probe results for ``status`` (see danemilter.prober); runs in the calling
+        milter thread, since a probe is blocking socket and OpenSSL work."""
+        return self.prober.domain_probe(status, mode, ocsp, settings, budget)
 
     def close(self) -> None:
         if not self._thread.is_alive():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -18,11 +19,12 @@ from typing import Any, ClassVar, TypeVar
 
 import Milter
 
-from danemilter.config import ApplyTo, DaneMode, ErrorAction, Settings
+from danemilter.config import ApplyTo, DaneMode, ErrorAction, ProbeMode, ProbeSettings, Settings
 from danemilter.dane import DomainStatus
 from danemilter.errors import InputError
 from danemilter.names import domain_of_address
-from danemilter.policy import Action, Decision, decide
+from danemilter.policy import Action, Decision, decide, staple_request, wants_probe
+from danemilter.probe import DomainProbe, OcspRequest
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,23 @@ _NOQUEUE = "NOQUEUE"
 _HEADER_WIDTH = 78
 
 
+DomainProbeFn = Callable[[DomainStatus, ProbeMode, OcspRequest, ProbeSettings, float],
+                         DomainProbe | None]
+
+
+def _no_probes(status: DomainStatus, mode: ProbeMode, ocsp: OcspRequest,
+               settings: ProbeSettings, budget: float) -> DomainProbe | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """What a connection needs: the settings of the moment and the way to ask for a status."""
+    """What a connection needs: the settings of the moment and the ways to ask for a
+    domain's status and for its MX hosts' TLS probe results."""
 
     settings: Settings
     domain_status: Callable[[str, float], DomainStatus]
+    domain_probe: DomainProbeFn = _no_probes
 
 
 class RuntimeRef:
@@ -161,6 +174,7 @@ class DaneMilter(Milter.Base):
     @Milter.symlist("i")
     @guarded
     def envrcpt(self, recipient: str, *params: str) -> int:
+        started = time.monotonic()
         settings = self.runtime.settings
         if not self._applies(settings):
             return Milter.CONTINUE
@@ -176,7 +190,15 @@ class DaneMilter(Milter.Base):
         if rule.dane is DaneMode.OFF:
             return Milter.CONTINUE
         status = self.runtime.domain_status(domain, settings.deadline)
-        decision = decide(status, rule, settings.on_error)
+        probes = None
+        if wants_probe(status, rule):
+            budget = settings.deadline - (time.monotonic() - started)
+            probe = self.runtime.domain_probe(status, rule.probe, staple_request(rule),
+                                              settings.probe, budget)
+            if probe is not None:
+                status = probe.status
+                probes = [result for host in probe.probes for result in host]
+        decision = decide(status, rule, settings.on_error, probes)
         return self._apply(recipient, decision)
 
     @Milter.noreply

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from danemilter.config import DaneMode, ErrorAction, FailAction, OcspMode, Rule
+from danemilter.config import DaneMode, ErrorAction, FailAction, OcspMode, ProbeMode, Rule
 from danemilter.dane import DomainState, DomainStatus
-from danemilter.probe import ProbeResult
+from danemilter.probe import OcspRequest, ProbeResult
 
 
 class Action(StrEnum):
@@ -64,6 +64,26 @@ def ocsp_summary(probes: Sequence[ProbeResult]) -> str | None:
     """The worst OCSP state among completed probes; None when no probe reached TLS."""
     seen = {p.ocsp for p in probes if p.failed_at is None}
     return next((state for state in _OCSP_SEVERITY if state in seen), None)
+
+
+def staple_request(rule: Rule) -> OcspRequest:
+    """Which probes ask for a staple: all of them where the rule enforces OCSP, else
+    only where Exim would (``auto``: usage bitfield 0 or 4, where a staple can be checked)."""
+    return "always" if rule.ocsp in (OcspMode.REQUIRE, OcspMode.STRICT) else "auto"
+
+
+_PROBED_STATES = frozenset({DomainState.DANE, DomainState.PARTIAL, DomainState.NONE,
+                            DomainState.UNUSABLE_TLSA})
+
+
+def wants_probe(status: DomainStatus, rule: Rule) -> bool:
+    """Whether a probe can change this decision: DANE hosts can mismatch, and OCSP
+    rules look at every host's staple. Domains without deliverable hosts are not probed."""
+    if rule.probe is ProbeMode.OFF or status.status not in _PROBED_STATES:
+        return False
+    if status.status in (DomainState.DANE, DomainState.PARTIAL):
+        return True
+    return rule.ocsp is not OcspMode.OFF
 
 
 def _ocsp_state(rule: Rule, status: DomainStatus, probes: Sequence[ProbeResult] | None) -> str:
@@ -132,6 +152,12 @@ def decide(status: DomainStatus, rule: Rule, on_error: ErrorAction,
         return make(Action.REJECT, Reply(556, "5.1.10", f"Recipient domain {domain} does not "
                                          "accept mail (null MX)"), status.reason)
 
+    if state is DomainState.DANE_MISMATCH:
+        # Under "try" too: published usable TLSA records make authenticated TLS
+        # mandatory (RFC 7672 §2.2), so delivery to that host would fail either way.
+        return fail(Reply(450, "4.7.5", f"TLS certificate of an MX host of {domain} "
+                          "matches none of its TLSA records"), status.reason)
+
     if rule.dane is DaneMode.REQUIRE and state is not DomainState.DANE:
         if state is DomainState.TEMPFAIL:
             if on_error is ErrorAction.ACCEPT:
@@ -142,9 +168,6 @@ def decide(status: DomainStatus, rule: Rule, on_error: ErrorAction,
                 reply = Reply(450, "4.7.5", f"DNSSEC lookup of the MX hosts of {domain} "
                               "failed, try again later")
             return make(Action.DEFER, reply, status.reason)
-        if state is DomainState.DANE_MISMATCH:
-            return fail(Reply(450, "4.7.5", f"TLS certificate of an MX host of {domain} "
-                              "matches none of its TLSA records"), status.reason)
         if state in _LACKING:
             return fail(Reply(450, "4.7.4", f"Recipient domain {domain} cannot be reached "
                               f"with DANE (status {state}) and policy requires it"),

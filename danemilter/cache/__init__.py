@@ -12,6 +12,7 @@ from danemilter.cache.backend import CacheBackend
 from danemilter.cache.codec import CodecError, decode, encode
 from danemilter.cache.lifetime import is_transient, lifetime
 from danemilter.cache.memory import MemoryBackend
+from danemilter.cache.probes import ProbeCache, fingerprint, probe_key, probe_lifetime
 from danemilter.cache.redis_backend import RedisBackend
 from danemilter.cache.settings import BackendName, CacheSettings, parse_cache_section
 from danemilter.cache.sqlite import SQLiteBackend
@@ -24,16 +25,20 @@ __all__ = [
     "CachedStatus",
     "CodecError",
     "MemoryBackend",
+    "ProbeCache",
     "RedisBackend",
     "SQLiteBackend",
     "StatusCache",
     "decode",
     "encode",
+    "fingerprint",
     "is_transient",
     "lifetime",
     "open_backend",
     "open_cache",
     "parse_cache_section",
+    "probe_key",
+    "probe_lifetime",
     "status_key",
 ]
 

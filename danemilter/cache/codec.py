@@ -1,4 +1,4 @@
-"""DomainStatus <-> bytes for the shared cache: versioned JSON, decoded strictly.
+"""Statuses and probe results <-> bytes for the shared cache: versioned JSON, decoded strictly.
 
 An entry is ``{"v": 1, "stored_at": UNIX_TIME, "status": {...}}``. The status is
 written field by field from the dataclasses (not from ``to_json()``, whose shape
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.errors import InputError
+from danemilter.probe import ProbeResult
 from danemilter.tlsa import TLSARecord
 
 VERSION = 1
@@ -67,20 +69,26 @@ def _host_document(host: HostStatus) -> dict[str, Any]:
 
 def decode(data: bytes) -> Entry:
     """The entry in ``data``, or CodecError; never any other exception."""
+    top = _object(_json(data), {"v", "stored_at", "status"}, "entry")
+    if top["v"] != VERSION or isinstance(top["v"], bool):
+        raise CodecError(f"unsupported entry version {top['v']!r}")
+    return Entry(_status(top["status"]), _time(top["stored_at"]))
+
+
+def _json(data: bytes) -> object:
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) > _MAX_BYTES:
         raise CodecError("not a cache entry")
     try:
-        document = json.loads(bytes(data).decode("utf-8"))
+        return json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CodecError(f"not JSON: {exc}") from None
-    top = _object(document, {"v", "stored_at", "status"}, "entry")
-    if top["v"] != VERSION or isinstance(top["v"], bool):
-        raise CodecError(f"unsupported entry version {top['v']!r}")
-    stored_at = top["stored_at"]
-    if (isinstance(stored_at, bool) or not isinstance(stored_at, int | float)
-            or not math.isfinite(stored_at) or stored_at < 0):
+
+
+def _time(value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0):
         raise CodecError("stored_at is not a time")
-    return Entry(_status(top["status"]), float(stored_at))
+    return float(value)
 
 
 def _status(value: object) -> DomainStatus:
@@ -159,3 +167,103 @@ def _record(value: object) -> TLSARecord:
         return TLSARecord.from_text(text)
     except InputError as exc:
         raise CodecError(str(exc)) from None
+
+
+# --- probe results ------------------------------------------------------------------
+#
+# A probe entry is ``{"v": 1, "stored_at": T, "port": N, "ocsp": "auto", "fingerprint":
+# HEX, "probes": [[{...}, ...], ...]}``: the results per MX host of one domain, and what
+# they were taken under (port, staple request, and a digest of the DNS data the probes
+# judged against, so that new TLSA records or addresses make the entry a miss).
+
+_DANE_VERDICTS = frozenset({"verified", "mismatch", "not-applicable", "failed"})
+_OCSP_STATES = frozenset({"good", "revoked", "invalid", "stale", "absent", "not-requested"})
+_STAGES = frozenset({"not-probed", "connect", "banner", "ehlo", "starttls", "handshake"})
+_OCSP_REQUESTS = frozenset({"auto", "always", "never"})
+_PROBE_KEYS = {"address", "port", "starttls", "tls_version", "dane", "depth", "ocsp",
+               "reason", "ocsp_reason", "ocsp_url", "must_staple", "failed_at", "seconds"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeEntry:
+    probes: tuple[tuple[ProbeResult, ...], ...]
+    port: int
+    ocsp: str
+    fingerprint: str
+    stored_at: float
+
+
+def encode_probes(probes: Sequence[Sequence[ProbeResult]], *, port: int, ocsp: str,
+                  fingerprint: str, stored_at: float) -> bytes:
+    document = {
+        "v": VERSION,
+        "stored_at": stored_at,
+        "port": port,
+        "ocsp": ocsp,
+        "fingerprint": fingerprint,
+        "probes": [[_probe_document(p) for p in host] for host in probes],
+    }
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _probe_document(probe: ProbeResult) -> dict[str, Any]:
+    return {
+        "address": probe.address, "port": probe.port, "starttls": probe.starttls,
+        "tls_version": probe.tls_version, "dane": probe.dane, "depth": probe.depth,
+        "ocsp": probe.ocsp, "reason": probe.reason, "ocsp_reason": probe.ocsp_reason,
+        "ocsp_url": probe.ocsp_url, "must_staple": probe.must_staple,
+        "failed_at": probe.failed_at, "seconds": probe.seconds,
+    }
+
+
+def decode_probes(data: bytes) -> ProbeEntry:
+    """The probe entry in ``data``, or CodecError; never any other exception."""
+    document = _json(data)
+    top = _object(document, {"v", "stored_at", "port", "ocsp", "fingerprint", "probes"},
+                  "probe entry")
+    if top["v"] != VERSION or isinstance(top["v"], bool):
+        raise CodecError(f"unsupported entry version {top['v']!r}")
+    hosts = top["probes"]
+    if not isinstance(hosts, list) or not all(isinstance(h, list) for h in hosts):
+        raise CodecError("probes is not a list of lists")
+    return ProbeEntry(
+        probes=tuple(tuple(_probe(p) for p in host) for host in hosts),
+        port=_count(top["port"], "port"),
+        ocsp=_choice(top["ocsp"], _OCSP_REQUESTS, "ocsp request"),
+        fingerprint=_string(top["fingerprint"], "fingerprint", empty=False),
+        stored_at=_time(top["stored_at"]),
+    )
+
+
+def _probe(value: object) -> ProbeResult:
+    doc = _object(value, _PROBE_KEYS, "probe")
+    seconds = doc["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise CodecError("probe seconds is not a duration")
+    depth, failed_at = doc["depth"], doc["failed_at"]
+    return ProbeResult(
+        address=_string(doc["address"], "probe address", empty=False),
+        port=_count(doc["port"], "probe port"),
+        starttls=_bool(doc["starttls"], "starttls"),
+        tls_version=_optional_string(doc["tls_version"], "tls_version"),
+        dane=_choice(doc["dane"], _DANE_VERDICTS, "dane verdict"),  # type: ignore[arg-type]
+        depth=None if depth is None else _count(depth, "depth"),
+        ocsp=_choice(doc["ocsp"], _OCSP_STATES, "ocsp state"),  # type: ignore[arg-type]
+        reason=_string(doc["reason"], "probe reason"),
+        ocsp_reason=_string(doc["ocsp_reason"], "ocsp_reason"),
+        ocsp_url=_optional_string(doc["ocsp_url"], "ocsp_url"),
+        must_staple=_bool(doc["must_staple"], "must_staple"),
+        failed_at=(None if failed_at is None
+                   else _choice(failed_at, _STAGES, "failed_at")),  # type: ignore[arg-type]
+        seconds=float(seconds),
+    )
+
+
+def _choice(value: object, allowed: frozenset[str], what: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise CodecError(f"{what} {value!r} is unknown")
+    return value
+
+
+def _optional_string(value: object, what: str) -> str | None:
+    return None if value is None else _string(value, what)

@@ -23,6 +23,7 @@ from danemilter.cache import (
     StatusCache,
     open_backend,
 )
+from danemilter.cache.probes import probe_key
 from danemilter.commands.verify import describe
 from danemilter.config import DEFAULT_PATH, Settings, load
 from danemilter.errors import DanemilterError, UsageError
@@ -112,6 +113,9 @@ def _purge(args: argparse.Namespace) -> int:
     cache = _open(args)
     try:
         removed = cache.purge(domain)
+        if domain is not None:
+            # The domain's probe results go with its status: they were judged against it.
+            cache.backend.delete(probe_key(domain))
     finally:
         cache.close()
     if args.json:

@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level)
     _prepare_socket(settings)
     engine = Engine(settings.resolver, settings.cache)
-    ref = RuntimeRef(Runtime(settings, engine.domain_status))
+    ref = RuntimeRef(Runtime(settings, engine.domain_status, engine.domain_probe))
     DaneMilter.runtime_ref = ref
     Milter.factory = DaneMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
@@ -180,7 +180,7 @@ def _reload(path: str | None, ref: RuntimeRef, engine: Engine) -> Engine:
         log.warning("listen changed to %s: takes effect after a restart", settings.listen)
     if settings.resolver != current.resolver or settings.cache != current.cache:
         engine = Engine(settings.resolver, settings.cache)
-    ref.set(Runtime(settings, engine.domain_status))
+    ref.set(Runtime(settings, engine.domain_status, engine.domain_probe))
     _setup_logging(settings.log_level)
     log.info("reloaded %s", settings.source)
     return engine

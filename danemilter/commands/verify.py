@@ -11,23 +11,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from danemilter import config
+from danemilter.cache import BackendName, ProbeCache, StatusCache, open_cache
 from danemilter.dane import DomainEvaluator, DomainState, DomainStatus
 from danemilter.errors import DanemilterError, UsageError
 from danemilter.names import normalize_domain
-from danemilter.probe import DomainProbe, ProbeResult, probe_domains
+from danemilter.probe import DomainProbe, OcspRequest, ProbeResult, probe_domains
 from danemilter.resolver import Resolver, ResolverSettings
 
 _DEFAULT_DEADLINE = 5.0
 _CONCURRENCY = 32
-_PROBE_CONCURRENCY = 16
-_DEFAULT_RESOLVER = "127.0.0.1:53"
 
 # Monitoring plugin exit codes (OK, WARNING, CRITICAL); UNKNOWN (3) is for errors.
 _NAGIOS_CODE = {
@@ -41,6 +44,8 @@ _NAGIOS_CODE = {
     DomainState.DANE_MISMATCH: 2,
 }
 _NAGIOS_WORD = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+log = logging.getLogger(__name__)
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -59,19 +64,27 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     output.add_argument("--nagios", action="store_true",
                         help="one summary line and a monitoring-plugin exit code")
     parser.add_argument("--resolver", metavar="HOST[:PORT]", default=None,
-                        help="validating resolver to ask (default: the --config file's "
-                        f"resolver, else {_DEFAULT_RESOLVER})")
+                        help="validating resolver to ask (default: the config's resolver, "
+                        "127.0.0.1:53); another than the configured one bypasses the cache")
     parser.add_argument("--timeout", type=float, default=_DEFAULT_DEADLINE, metavar="S",
                         help="deadline for each domain's DNS and for each TLS probe, "
                         "in seconds (default: %(default)s)")
     parser.add_argument("--config", metavar="FILE",
-                        help="policy file to take the resolver from")
-    parser.add_argument("--port", type=int, default=25, metavar="N",
-                        help="SMTP port to probe (default: %(default)s)")
+                        help="policy file to take the resolver, cache and probe settings "
+                        f"from (default: {config.DEFAULT_PATH} when it exists)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore cached statuses and probe results (fresh ones are "
+                        "still stored)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="neither read nor write the shared cache")
+    parser.add_argument("--port", type=int, default=None, metavar="N",
+                        help="SMTP port to probe (default: the config's probe.port, 25)")
     parser.add_argument("--allow-private", action="store_true",
-                        help="let probes reach loopback, private and link-local addresses")
-    parser.add_argument("--concurrency", type=int, default=_PROBE_CONCURRENCY, metavar="N",
-                        help="probes running at once (default: %(default)s)")
+                        help="let probes reach loopback, private and link-local addresses "
+                        "(also: probe.allow_private in the config)")
+    parser.add_argument("--concurrency", type=int, default=None, metavar="N",
+                        help="probes running at once (default: the config's "
+                        "probe.concurrency, 16)")
     parser.add_argument("--ocsp", choices=("auto", "always", "never"), default="auto",
                         help="request OCSP staples: auto = only where usage is 0 or 4, "
                         "as Exim does (default: %(default)s)")
@@ -93,20 +106,23 @@ def _verify(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise UsageError("verify: --timeout must be positive")
-    if not 0 < args.port < 65536:
+    if args.port is not None and not 0 < args.port < 65536:
         raise UsageError("verify: --port must be 1-65535")
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("verify: --concurrency must be at least 1")
     domains = [normalize_domain(d) for d in args.domains]
-    settings = _resolver_settings(args)
-    statuses = asyncio.run(evaluate_all(domains, settings, args.timeout))
-    if not args.dns_only:
-        probed = probe_domains(
-            statuses, port=args.port, timeout=args.timeout, now=datetime.now(UTC),
-            helo=args.helo or socket.gethostname() or "localhost",
-            allow_private=args.allow_private, concurrency=args.concurrency, ocsp=args.ocsp,
-        )
-        return _report_probes(args, probed)
+    settings = _settings(args)
+    resolver = _resolver_settings(args, settings)
+    cache = _shared_cache(args, settings, resolver)
+    try:
+        statuses = asyncio.run(evaluate_all(domains, resolver, args.timeout, cache,
+                                            fresh=args.fresh))
+        if not args.dns_only:
+            probed = _probe_all(args, settings, statuses, cache)
+            return _report_probes(args, probed)
+    finally:
+        if cache is not None:
+            cache.close()
     if args.json:
         json.dump([s.to_json() for s in statuses], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -121,15 +137,80 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolver_settings(args: argparse.Namespace) -> ResolverSettings:
+def _settings(args: argparse.Namespace) -> config.Settings:
+    """The --config file, else the milter's installed policy file, else built-in defaults:
+    the helper shares the milter's resolver, cache and probe settings."""
+    if args.config is not None:
+        return config.load(args.config)
+    if os.access(config.DEFAULT_PATH, os.R_OK):
+        return config.load(str(config.DEFAULT_PATH))
+    return config.Settings()
+
+
+def _resolver_settings(args: argparse.Namespace, settings: config.Settings) -> ResolverSettings:
     timeout = min(3.0, args.timeout)
     if args.resolver is not None:
         return ResolverSettings.from_spec(args.resolver, timeout=timeout)
-    if args.config is not None:
-        configured = config.load(args.config).resolver
-        return ResolverSettings(configured.address, configured.port,
-                                min(configured.timeout, timeout))
-    return ResolverSettings.from_spec(_DEFAULT_RESOLVER, timeout=timeout)
+    configured = settings.resolver
+    return ResolverSettings(configured.address, configured.port,
+                            min(configured.timeout, timeout))
+
+
+def _shared_cache(args: argparse.Namespace, settings: config.Settings,
+                  resolver: ResolverSettings) -> StatusCache | None:
+    """The milter's cache, when what this run learns is what the milter would learn.
+
+    Not with another resolver than the configured one (its answers are not the
+    milter's), not with the memory backend (it lives inside the milter), and never by
+    creating a cache file in a directory that belongs to someone else (root running
+    ``verify`` must not leave a root-owned file the milter cannot write).
+    """
+    if args.no_cache:
+        return None
+    if (resolver.address, resolver.port) != (settings.resolver.address, settings.resolver.port):
+        log.info("--resolver differs from the configured resolver: not using the cache")
+        return None
+    cache = settings.cache
+    if cache.backend == BackendName.MEMORY:
+        return None
+    if cache.backend == BackendName.SQLITE and not Path(cache.path).exists():
+        try:
+            owner = Path(cache.path).parent.stat().st_uid
+        except OSError:
+            return None
+        if owner != os.geteuid():
+            return None
+    return open_cache(cache)
+
+
+def _probe_all(args: argparse.Namespace, settings: config.Settings,
+               statuses: Sequence[DomainStatus], cache: StatusCache | None) -> list[DomainProbe]:
+    port = args.port if args.port is not None else settings.probe.port
+    ocsp: OcspRequest = args.ocsp
+    probes = None if cache is None else ProbeCache(cache.backend, cache.settings)
+    found: dict[int, DomainProbe] = {}
+    if probes is not None and not args.fresh:
+        now = time.time()
+        for index, status in enumerate(statuses):
+            hit = probes.get(status, port, ocsp, now)
+            if hit is not None:
+                found[index] = hit
+    missing = [i for i in range(len(statuses)) if i not in found]
+    helo = args.helo or (settings.probe.helo if settings.source != config.Settings().source
+                         else socket.gethostname() or "localhost")
+    fresh = probe_domains(
+        [statuses[i] for i in missing], port=port, timeout=args.timeout,
+        now=datetime.now(UTC), helo=helo,
+        allow_private=args.allow_private or settings.probe.allow_private,
+        concurrency=args.concurrency or settings.probe.concurrency, ocsp=ocsp,
+    )
+    now = time.time()
+    for index, probe in zip(missing, fresh, strict=True):
+        found[index] = probe
+        if probes is not None:
+            probes.put(statuses[index], probe, port, ocsp, ttl=settings.probe.cache_ttl,
+                       now=now)
+    return [found[i] for i in range(len(statuses))]
 
 
 def _report_probes(args: argparse.Namespace, probed: Sequence[DomainProbe]) -> int:
@@ -184,14 +265,24 @@ def _probe_level(result: ProbeResult) -> tuple[int, str]:
 
 
 async def evaluate_all(
-    domains: Sequence[str], settings: ResolverSettings, deadline: float
+    domains: Sequence[str], settings: ResolverSettings, deadline: float,
+    cache: StatusCache | None = None, *, fresh: bool = False,
 ) -> list[DomainStatus]:
+    """Statuses of ``domains``: from ``cache`` unless ``fresh``, evaluated otherwise (and
+    then stored in ``cache``)."""
     evaluator = DomainEvaluator(Resolver(settings))
     limit = asyncio.Semaphore(_CONCURRENCY)
 
     async def one(domain: str) -> DomainStatus:
         async with limit:
-            return await evaluator.evaluate(domain, deadline)
+            if cache is not None and not fresh:
+                hit = await asyncio.to_thread(cache.get, domain, time.time())
+                if hit is not None:
+                    return hit
+            status = await evaluator.evaluate(domain, deadline)
+            if cache is not None:
+                await asyncio.to_thread(cache.put, status, time.time())
+            return status
 
     return list(await asyncio.gather(*(one(d) for d in domains)))
 

@@ -21,12 +21,15 @@ from danemilter.config import (
     ErrorAction,
     FailAction,
     Policy,
+    ProbeMode,
+    ProbeSettings,
     Rule,
     Settings,
     parse,
 )
 from danemilter.dane import DomainState, DomainStatus
 from danemilter.milter import DaneMilter, Runtime, RuntimeRef, fold_header
+from danemilter.probe import DomainProbe, OcspRequest, ProbeResult
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -306,3 +309,44 @@ def test_header_folding(domain: str) -> None:
     lines = ("X-DANE-Status: " + folded).split("\n")
     # A line may only exceed 78 characters when a single unbreakable part is that long.
     assert all(len(line) <= 78 or "; " not in line for line in lines)
+
+
+class Probes:
+    """A probe source that records what it was asked and answers from ``verdicts``."""
+
+    def __init__(self, verdicts: dict[str, str]) -> None:
+        self.verdicts = verdicts
+        self.asked: list[tuple[str, ProbeMode, str, float]] = []
+
+    def __call__(self, status: DomainStatus, mode: ProbeMode, ocsp: OcspRequest,
+                 settings: ProbeSettings, budget: float) -> DomainProbe | None:
+        self.asked.append((status.domain, mode, ocsp, budget))
+        verdict = self.verdicts.get(status.domain)
+        if verdict is None:
+            return None
+        result = ProbeResult("192.0.2.1", 25, True, "TLSv1.3", verdict,  # type: ignore[arg-type]
+                             0, "not-requested", "judged")
+        probes = ((result,),)
+        return DomainProbe(replace(status, status=DomainState.DANE_MISMATCH)
+                           if verdict == "mismatch" else status, probes)
+
+
+def test_probe_results_reach_the_decision(lookups: Lookups) -> None:
+    probes = Probes({"dane.example": "mismatch", "xn--bcher-kva.example": "verified"})
+    rule = Rule(DaneMode.TRY, on_fail=FailAction.DEFER, probe=ProbeMode.INLINE)
+    settings = Settings(policy=Policy(rule), deadline=4.0)
+    DaneMilter.runtime_ref = RuntimeRef(Runtime(settings, lookups, probes))
+    Milter.factory = DaneMilter
+    ctx = Ctx()
+    assert ctx._connect() == Milter.CONTINUE
+    replies, _ = deliver(ctx, "a@dane.example", "b@bücher.example", "c@plain.example")
+    assert replies == [Milter.TEMPFAIL, Milter.CONTINUE, Milter.CONTINUE]
+    assert ctx._reply[:2] == ("450", "4.7.5")
+    # plain.example (no DANE, OCSP off) is not worth a probe; the others get the time left.
+    assert [(d, m, o) for d, m, o, _ in probes.asked] == [
+        ("dane.example", ProbeMode.INLINE, "auto"),
+        ("xn--bcher-kva.example", ProbeMode.INLINE, "auto")]
+    assert all(0 < budget <= 4.0 for *_, budget in probes.asked)
+    assert sorted(h.replace("\n", "") for h in headers(ctx)) == [
+        "plain.example; status=none; usage=0; ocsp=off; action=accept",
+        "xn--bcher-kva.example; status=dane; usage=4; ocsp=off; action=accept"]

@@ -165,14 +165,17 @@ def test_shipped_config_is_valid() -> None:
     settings = load(REPO / "etc" / "danemilter" / "danemilter.yaml")
     assert settings.policy.default.dane is DaneMode.TRY
     assert settings.policy.default.on_fail is FailAction.TAG
+    # The shipped file spells out the built-in defaults for the cache and probes.
+    assert settings.cache == Settings().cache
+    assert settings.probe == Settings().probe
 
 
 def test_probe_settings_and_rule() -> None:
     s = parse("probe: {port: 2525, timeout: 4, concurrency: 4, helo: relay.example,"
-              " allow_private: true}\npolicy:\n  default: {probe: cached}\n"
+              " allow_private: true, cache_ttl: 0}\npolicy:\n  default: {probe: cached}\n"
               "  domains:\n    bank.example: {probe: inline}\n", "p.yaml")
     assert (s.probe.port, s.probe.timeout, s.probe.concurrency) == (2525, 4, 4)
-    assert (s.probe.helo, s.probe.allow_private) == ("relay.example", True)
+    assert (s.probe.helo, s.probe.allow_private, s.probe.cache_ttl) == ("relay.example", True, 0)
     assert s.policy.default.probe is ProbeMode.CACHED
     assert s.policy.rule_for("bank.example").probe is ProbeMode.INLINE
     assert Settings().probe.allow_private is False
@@ -183,6 +186,7 @@ def test_probe_settings_and_rule() -> None:
     ("text", "message"),
     [("probe: {port: 0}\n", "probe.port"), ("probe: {allow_private: 1}\n", "true or false"),
      ("probe: {retries: 3}\n", "unknown key 'retries'"),
+     ("probe: {cache_ttl: -1}\n", "probe.cache_ttl"),
      ("policy:\n  default: {probe: always}\n", "off|cached|inline")],
 )
 def test_probe_errors(text: str, message: str) -> None:

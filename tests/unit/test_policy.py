@@ -16,6 +16,7 @@ def status(state: DomainState, usage: int = 0, hosts: tuple[HostStatus, ...] = (
 
 
 TRY = Rule(DaneMode.TRY)
+TRY_DEFER = Rule(DaneMode.TRY, on_fail=FailAction.DEFER)
 REQ_TAG = Rule(DaneMode.REQUIRE, on_fail=FailAction.TAG)
 REQ_DEFER = Rule(DaneMode.REQUIRE, on_fail=FailAction.DEFER)
 REQ_REJECT = Rule(DaneMode.REQUIRE, on_fail=FailAction.REJECT)
@@ -31,7 +32,9 @@ T, A = ErrorAction.TEMPFAIL, ErrorAction.ACCEPT
         (DomainState.NONE, TRY, T, Action.ACCEPT, None),
         (DomainState.PARTIAL, TRY, T, Action.ACCEPT, None),
         (DomainState.TEMPFAIL, TRY, T, Action.ACCEPT, None),
-        (DomainState.DANE_MISMATCH, TRY, T, Action.ACCEPT, None),
+        # A mismatch gets on_fail under try too: TLSA records make authentication mandatory.
+        (DomainState.DANE_MISMATCH, TRY, T, Action.TAG, None),
+        (DomainState.DANE_MISMATCH, TRY_DEFER, T, Action.DEFER, (450, "4.7.5")),
         (DomainState.NONE, REQ_TAG, T, Action.TAG, None),
         (DomainState.NONE, REQ_DEFER, T, Action.DEFER, (450, "4.7.4")),
         (DomainState.PARTIAL, REQ_DEFER, T, Action.DEFER, (450, "4.7.4")),
