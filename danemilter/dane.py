@@ -100,9 +100,12 @@ class DomainStatus:
     hosts: tuple[HostStatus, ...]
     reason: str
     ttl: int
+    # The next-hop domain's CNAME expansion, when a secure MX lookup followed a CNAME:
+    # a DANE-TA certificate may name it (RFC 7672 §3.2.3).
+    canonical: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "domain": self.domain,
             "status": str(self.status),
             "usage": self.usage,
@@ -110,6 +113,9 @@ class DomainStatus:
             "reason": self.reason,
             "hosts": [h.to_json() for h in self.hosts],
         }
+        if self.canonical is not None:
+            document["canonical"] = self.canonical
+        return document
 
 
 def usage_bits(hosts: tuple[HostStatus, ...]) -> int:
@@ -227,7 +233,9 @@ class DomainEvaluator:
         )
         state, reason = domain_state(hosts)
         ttl = min([mx.ttl, *(h.ttl for h in hosts)])
-        return DomainStatus(domain, state, usage_bits(hosts), mx.secure, hosts, reason, ttl)
+        canonical = mx.canonical_name if mx.secure and mx.expanded else None
+        return DomainStatus(domain, state, usage_bits(hosts), mx.secure, hosts, reason, ttl,
+                            canonical)
 
     async def _evaluate_host(self, host: str, preference: int, deadline: float) -> HostStatus:
         query = self.resolver.query

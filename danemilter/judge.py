@@ -61,17 +61,18 @@ def wants_staple(records: Iterable[TLSARecord]) -> bool:
 
 
 def reference_names(domain: str, mx_secure: bool, host_name: str,
-                    tlsa_base: str | None) -> tuple[str, ...]:
+                    tlsa_base: str | None, canonical: str | None = None) -> tuple[str, ...]:
     """Names a DANE-TA certificate may carry (RFC 7672 §3.2.3, DESIGN.md "DANE semantics" 4).
 
     The TLSA base domain (the MX host, or its CNAME expansion when that is where the
     records were found) and the MX host name as published; the next-hop domain only when
     the MX lookup was secure, since an insecure MX RRset could have been forged to pair
-    any host with any domain. The next-hop domain's own CNAME expansion is not known
-    to ``DomainStatus`` and so is not included.
+    any host with any domain; then also the next-hop domain's CNAME expansion
+    (``canonical``), which the secure MX lookup followed.
     """
     names: list[str] = []
-    for name in (tlsa_base, host_name, domain if mx_secure else None):
+    for name in (tlsa_base, host_name, domain if mx_secure else None,
+                 canonical if mx_secure else None):
         if name and name.lower() not in names:
             names.append(name.lower())
     return tuple(names)

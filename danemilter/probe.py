@@ -455,7 +455,7 @@ def probe_domains(
                 futures.append(((d, h), pool.submit(
                     probe_host, host, address, port=port,
                     names=reference_names(status.domain, status.mx_secure, host.name,
-                                          host.tlsa_base),
+                                          host.tlsa_base, status.canonical),
                     request_staple=staple_wanted(host, ocsp), timeout=timeout, now=now,
                     helo=helo, allow_private=allow_private,
                 )))

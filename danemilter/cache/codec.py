@@ -1,6 +1,6 @@
 """Statuses and probe results <-> bytes for the shared cache: versioned JSON, decoded strictly.
 
-An entry is ``{"v": 1, "stored_at": UNIX_TIME, "status": {...}}``. The status is
+An entry is ``{"v": 2, "stored_at": UNIX_TIME, "status": {...}}``. The status is
 written field by field from the dataclasses (not from ``to_json()``, whose shape
 belongs to the command-line contract) and includes the TTLs. Anything that does
 not decode to exactly this shape raises :class:`CodecError`; the cache turns that
@@ -20,7 +20,8 @@ from danemilter.errors import InputError
 from danemilter.probe import ProbeResult
 from danemilter.tlsa import TLSARecord
 
-VERSION = 1
+# 2: statuses carry "canonical" (the next-hop domain's secure CNAME expansion).
+VERSION = 2
 _MAX_BYTES = 1 << 20
 
 E = TypeVar("E", DomainState, HostState)
@@ -47,6 +48,7 @@ def encode(status: DomainStatus, stored_at: float) -> bytes:
             "mx_secure": status.mx_secure,
             "reason": status.reason,
             "ttl": status.ttl,
+            "canonical": status.canonical,
             "hosts": [_host_document(h) for h in status.hosts],
         },
     }
@@ -92,8 +94,9 @@ def _time(value: object) -> float:
 
 
 def _status(value: object) -> DomainStatus:
-    doc = _object(value, {"domain", "status", "usage", "mx_secure", "reason", "ttl", "hosts"},
-                  "status")
+    doc = _object(value, {"domain", "status", "usage", "mx_secure", "reason", "ttl",
+                          "canonical", "hosts"}, "status")
+    canonical = doc["canonical"]
     hosts = doc["hosts"]
     if not isinstance(hosts, list):
         raise CodecError("hosts is not a list")
@@ -105,6 +108,7 @@ def _status(value: object) -> DomainStatus:
         hosts=tuple(_host(h) for h in hosts),
         reason=_string(doc["reason"], "reason"),
         ttl=_count(doc["ttl"], "ttl"),
+        canonical=None if canonical is None else _string(canonical, "canonical", empty=False),
     )
 
 
@@ -171,7 +175,7 @@ def _record(value: object) -> TLSARecord:
 
 # --- probe results ------------------------------------------------------------------
 #
-# A probe entry is ``{"v": 1, "stored_at": T, "port": N, "ocsp": "auto", "fingerprint":
+# A probe entry is ``{"v": 2, "stored_at": T, "port": N, "ocsp": "auto", "fingerprint":
 # HEX, "probes": [[{...}, ...], ...]}``: the results per MX host of one domain, and what
 # they were taken under (port, staple request, and a digest of the DNS data the probes
 # judged against, so that new TLSA records or addresses make the entry a miss).

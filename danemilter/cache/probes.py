@@ -40,7 +40,7 @@ def probe_key(domain: str) -> str:
 
 def fingerprint(status: DomainStatus) -> str:
     """A digest of the DNS data probes are judged against (hosts, addresses, TLSA)."""
-    document = [status.domain, status.mx_secure, [
+    document = [status.domain, status.mx_secure, status.canonical, [
         [h.name, sorted(h.addresses), h.tlsa_state.value, h.tlsa_base,
          sorted(r.to_text() for r in h.records)]
         for h in status.hosts]]

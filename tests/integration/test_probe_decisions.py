@@ -44,8 +44,17 @@ def _sites() -> list[Site]:
     revoked = Site("revoked", [Host("mx.revoked", Server(
         [revoked_leaf.cert, p.ca.cert], revoked_leaf.key,
         staple=p.staple(revoked_leaf.cert, "revoked")), (p.ta_record(),))])
+    # DANE-TA whose certificate names only the next-hop domain's CNAME target: it is
+    # reached as alias.pdec.test (ALIAS_RECORDS), whose secure MX lookup follows a CNAME.
+    target_leaf = p.ta_leaf([f"target.{ZONE}"])
+    target = Site("target", [Host("mx.target", Server([target_leaf.cert, p.ca.cert],
+                                                       target_leaf.key), (p.ta_record(),))])
     return [ee_site("good", matching=True), ee_site("mismatch", matching=False),
-            ee_site("later", matching=False), ee_site("flaky", matching=True), revoked]
+            ee_site("later", matching=False), ee_site("flaky", matching=True), revoked,
+            target]
+
+
+ALIAS_RECORDS = ("alias CNAME target",)
 
 
 @dataclass
@@ -81,7 +90,8 @@ def _policy(world: World) -> str:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    for world in retry_port(lambda: World(_sites(), zone=ZONE, network="127.0.6")):
+    for world in retry_port(lambda: World(_sites(), zone=ZONE, network="127.0.6",
+                                             extra_records=ALIAS_RECORDS)):
         sink = SmtpSink()
         sink.start()
         milter = MilterProcess(_policy(world))
@@ -176,3 +186,16 @@ def test_verify_with_another_resolver_bypasses_the_cache(
     assert code == 0
     [report] = json.loads(out)
     assert report["status"] == "tempfail"
+
+
+def test_dane_ta_name_may_be_the_next_hop_domains_cname_target(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RFC 7672 §3.2.3: with a secure MX lookup, the next-hop domain and its CNAME
+    # expansion are both reference identifiers.
+    [report] = stack.verify(f"alias.{ZONE}", "--no-cache", capsys=capsys)
+    assert (report["status"], report["canonical"]) == ("dane", f"target.{ZONE}")
+    probe = report["hosts"][0]["probes"][0]
+    assert (probe["dane"], probe["depth"]) == ("verified", 1), probe["reason"]
+    sub = stack.postfix.submit([f"a@alias.{ZONE}"], message(new_marker()))
+    assert [r.code for r in sub.replies] == [250]

@@ -125,8 +125,10 @@ class World:
     """The bed plus one server per MX address; use as a context manager."""
 
     def __init__(self, sites: Sequence[Site], zone: str = "probe.test",
-                 network: str = "127.0.4", first_octet: int = 1) -> None:
+                 network: str = "127.0.4", first_octet: int = 1,
+                 extra_records: Sequence[str] = ()) -> None:
         self.sites = list(sites)
+        self.extra_records = list(extra_records)
         self.zone = zone
         self.port = free_port()
         self.servers: dict[str, SmtpTlsServer] = {}
@@ -146,7 +148,7 @@ class World:
         return f"{host.name}.{self.zone}"
 
     def zone_records(self) -> list[str]:
-        lines: list[str] = []
+        lines: list[str] = list(self.extra_records)
         for site in self.sites:
             for host in site.hosts:
                 lines.append(f"{site.label} MX {host.preference} {host.name}")

@@ -107,6 +107,8 @@ ROUND_TRIP = [
     DomainStatus("xn--bcher-kva.example", DomainState.NONE, 0, False,
                  (HostStatus("xn--bcher-kva.example", 0, (), False, HostState.NONE, None, (),
                              "no address — “quoted”", 3),), "ünïcode reason", 3),
+    DomainStatus("alias.example", DomainState.DANE, 4, True, (host(records=(TA,)),),
+                 "through a secure CNAME", 300, canonical="target.example"),
 ]
 
 
@@ -138,7 +140,8 @@ CORRUPT = {
     "NaN stored_at": GOOD.replace(b'"stored_at":1700000000.0', b'"stored_at":NaN'),
     "negative stored_at": _mutated("d['stored_at'] = -1"),
     "string stored_at": _mutated("d['stored_at'] = 'yesterday'"),
-    "future version": _mutated("d['v'] = 2"),
+    "future version": _mutated("d['v'] = 3"),
+    "previous version": _mutated("d['v'] = 1"),
     "version true": _mutated("d['v'] = True"),
     "missing version": _mutated("del d['v']"),
     "extra top key": _mutated("d['extra'] = 1"),

@@ -64,7 +64,7 @@ def test_codec_round_trip() -> None:
     ("unknown stage", lambda d: d.replace(b'"connect"', b'"dns"')),
     ("extra key", lambda d: d.replace(b'{"address"', b'{"x":1,"address"', 1)),
     ("negative depth", lambda d: d.replace(b'"depth":0', b'"depth":-1')),
-    ("wrong version", lambda d: d.replace(b'"v":1', b'"v":2')),
+    ("wrong version", lambda d: d.replace(b'"v":2', b'"v":1')),
     ("port as text", lambda d: d.replace(b'"port":25,"starttls"', b'"port":"25","starttls"')),
 ])
 def test_codec_rejects_what_is_not_an_entry(why: str, mangle: object) -> None:

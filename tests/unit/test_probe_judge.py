@@ -96,6 +96,13 @@ def test_reference_names_cname_expanded_base_first_then_original_host() -> None:
         "srv1.hosting.test", "mx.example.test", "example.test")
 
 
+def test_reference_names_the_next_hop_domains_cname_expansion_only_when_secure() -> None:
+    assert reference_names("alias.test", True, "mx.target.test", "mx.target.test",
+                           "target.test") == ("mx.target.test", "alias.test", "target.test")
+    assert reference_names("alias.test", False, "mx.target.test", "mx.target.test",
+                           "target.test") == ("mx.target.test",)
+
+
 def _r(text: str) -> TLSARecord:
     return TLSARecord.from_text(text)
 
