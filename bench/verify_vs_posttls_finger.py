@@ -29,9 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import Figure
 
 from tests.support.posttlsfinger import PosttlsFinger, start_relay
 from tests.support.probe_world import (
@@ -81,24 +84,21 @@ def run_verify(world: World, domains: list[str], concurrency: int) -> tuple[floa
     return elapsed, bad
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--domains", type=int, default=100)
-    parser.add_argument("--concurrency", type=int, default=16)
-    args = parser.parse_args()
-
+def measure(count: int, concurrency: int) -> tuple[list[Figure], list[str]]:
+    lines: list[str] = []
     build_began = time.monotonic()
-    for world in retry_port(lambda: World(sites(args.domains), zone="bench.test",
-                                          network="127.0.6")):
+    worlds = retry_port(lambda: World(sites(count), zone="bench.test", network="127.0.6"))
+    try:
+        world = next(worlds)
         assert world.bed is not None
-        print(f"fixture: {args.domains} domains, servers on 127.0.6.x:{world.port}, "
-              f"built in {time.monotonic() - build_began:.1f} s")
+        lines.append(f"fixture: {count} domains, servers on 127.0.6.x:{world.port}, "
+                     f"built in {time.monotonic() - build_began:.1f} s")
         domains = [world.domain(s) for s in world.sites]
 
-        cold, bad = run_verify(world, domains, args.concurrency)
+        cold, bad = run_verify(world, domains, concurrency)
         if bad:
             raise SystemExit(f"verify did not verify: {bad[:5]}")
-        warm, bad = run_verify(world, domains, args.concurrency)
+        warm, bad = run_verify(world, domains, concurrency)
         if bad:
             raise SystemExit(f"verify did not verify: {bad[:5]}")
         serial, bad = run_verify(world, domains, 1)
@@ -125,17 +125,41 @@ def main() -> int:
         if failures:
             raise SystemExit(f"posttls-finger did not verify {len(failures)}: {failures[:2]}")
 
-        print(f"danemilter verify, one process, concurrency {args.concurrency}: "
-              f"{cold:.2f} s (first run), {warm:.2f} s (second run); "
-              f"with --concurrency 1: {serial:.2f} s")
-        print(f"posttls-finger, {len(domains)} runs one after another: {sequential:.2f} s "
-              f"(of which namespace set-up ~{overhead:.2f} s)")
         net = sequential - overhead
-        print(f"ratio posttls-finger / verify (second run): {sequential / warm:.1f}x; "
-              f"without the namespace set-up: {net / warm:.1f}x")
-        print(f"per domain: verify {warm / len(domains) * 1000:.1f} ms, "
-              f"posttls-finger {sequential / len(domains) * 1000:.1f} ms "
-              f"({net / len(domains) * 1000:.1f} ms without set-up); cpus={os.cpu_count()}")
+        lines += [
+            f"danemilter verify, one process, concurrency {concurrency}: "
+            f"{cold:.2f} s (first run), {warm:.2f} s (second run); "
+            f"with --concurrency 1: {serial:.2f} s",
+            f"posttls-finger, {len(domains)} runs one after another: {sequential:.2f} s "
+            f"(of which namespace set-up ~{overhead:.2f} s)",
+            f"ratio posttls-finger / verify (second run): {sequential / warm:.1f}x; "
+            f"without the namespace set-up: {net / warm:.1f}x; first run: "
+            f"{sequential / cold:.1f}x",
+            f"per domain: verify {warm / len(domains) * 1000:.1f} ms, "
+            f"posttls-finger {sequential / len(domains) * 1000:.1f} ms "
+            f"({net / len(domains) * 1000:.1f} ms without set-up); cpus={os.cpu_count()}",
+        ]
+        # The target is judged on the first (cold) run without the namespace set-up:
+        # the least favourable pairing for verify.
+        figures = [Figure("4 verify", f"{count} domains: posttls-finger one by one / "
+                          "verify (first run, set-up excluded)", f"{cold:.2f} s",
+                          f"{net:.2f} s (posttls-finger)", net / cold, ">= 5x",
+                          net / cold >= 5, "posttls-finger time / verify time"),
+                   Figure("4 verify", f"{count} domains: same, verify second run",
+                          f"{warm:.2f} s", f"{net:.2f} s (posttls-finger)", net / warm,
+                          ratio_note="posttls-finger time / verify time")]
+        return figures, lines
+    finally:
+        worlds.close()  # leaves the world: stops its servers and the test bed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domains", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    _, lines = measure(args.domains, args.concurrency)
+    print("\n".join(lines))
     return 0
 
 
