@@ -35,6 +35,7 @@ class DelayingRelay:
         self.queries = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._answering: list[threading.Thread] = []
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -43,14 +44,17 @@ class DelayingRelay:
             except TimeoutError:
                 continue
             self.queries += 1
-            threading.Thread(target=self._answer, args=(wire, client), daemon=True).start()
+            answer = threading.Thread(target=self._answer, args=(wire, client), daemon=True)
+            self._answering.append(answer)
+            answer.start()
 
     def _answer(self, wire: bytes, client: tuple[str, int]) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
             up.settimeout(5)
             up.sendto(wire, self.upstream)
             reply, _ = up.recvfrom(65535)
-        self._stop.wait(DELAY)
+        if self._stop.wait(DELAY):
+            return  # shutting down: nobody waits for this answer any more
         self.sock.sendto(reply, client)
 
     def __enter__(self) -> DelayingRelay:
@@ -60,6 +64,8 @@ class DelayingRelay:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        for answer in self._answering:  # none may send on the socket once it is closed
+            answer.join()
         self.sock.close()
 
 
