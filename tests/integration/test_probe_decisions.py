@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
@@ -51,7 +52,7 @@ def _sites() -> list[Site]:
                                                        target_leaf.key), (p.ta_record(),))])
     return [ee_site("good", matching=True), ee_site("mismatch", matching=False),
             ee_site("later", matching=False), ee_site("flaky", matching=True), revoked,
-            target]
+            target, ee_site("busy", matching=False)]
 
 
 ALIAS_RECORDS = ("alias CNAME target",)
@@ -199,3 +200,14 @@ def test_dane_ta_name_may_be_the_next_hop_domains_cname_target(
     assert (probe["dane"], probe["depth"]) == ("verified", 1), probe["reason"]
     sub = stack.postfix.submit([f"a@alias.{ZONE}"], message(new_marker()))
     assert [r.code for r in sub.replies] == [250]
+
+
+def test_concurrent_sessions_share_one_probe(stack: Stack) -> None:
+    def submit(n: int) -> int:
+        sub = stack.postfix.submit([f"r{n}@busy.{ZONE}"], message(new_marker()))
+        return sub.replies[0].code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(pool.map(submit, range(6)))
+    assert codes == [450] * 6
+    assert stack.server("busy").connections == 1
