@@ -52,7 +52,7 @@ class Counts:
     soak: float
 
 
-FULL = Counts(messages=2000, recipients=5, sessions=20, rounds=3, warm_rcpts=2000,
+FULL = Counts(messages=2000, recipients=5, sessions=20, rounds=5, warm_rcpts=2000,
               cold_rcpts=500, cold_domains=1000, verify_domains=100,
               memory_domains=100_000, soak=600)
 QUICK = Counts(messages=300, recipients=5, sessions=20, rounds=1, warm_rcpts=300,
