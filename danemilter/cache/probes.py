@@ -103,6 +103,12 @@ class ProbeCache:
                          held.expires_at)
         return True
 
+    def stored(self, domain: str, now: float) -> tuple[ProbeEntry, float] | None:
+        """The fresh entry for ``domain`` and its expiry, whatever it was taken under
+        (for ``danemilter cache show``)."""
+        held = self._front.get(domain, now) or self._backend_get(domain, now)
+        return None if held is None else (held.entry, held.expires_at)
+
     def forget(self, domain: str | None = None) -> None:
         """Drop in-process copies (the backend is purged by the status cache's purge)."""
         self._front.discard(domain)

@@ -23,9 +23,11 @@ from danemilter.cache import (
     StatusCache,
     open_backend,
 )
-from danemilter.cache.probes import probe_key
-from danemilter.commands.verify import describe
+from danemilter.cache.codec import ProbeEntry
+from danemilter.cache.probes import ProbeCache, fingerprint, probe_key
+from danemilter.commands.verify import describe, probe_line
 from danemilter.config import DEFAULT_PATH, Settings, load
+from danemilter.dane import DomainStatus
 from danemilter.errors import DanemilterError, UsageError
 from danemilter.names import normalize_domain
 
@@ -90,6 +92,7 @@ def _show(args: argparse.Namespace) -> int:
     try:
         now = time.time()
         entry = cache.lookup(domain, now)
+        probes = ProbeCache(cache.backend, cache.settings).stored(domain, now)
     finally:
         cache.close()
     if args.json:
@@ -97,6 +100,8 @@ def _show(args: argparse.Namespace) -> int:
         if entry is not None:
             document.update(stored_at=entry.stored_at, expires_at=entry.expires_at,
                             ttl_left=int(entry.remaining(now)), status=entry.status.to_json())
+            if probes is not None:
+                document["probes"] = _probes_document(entry.status, *probes)
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif entry is None:
@@ -105,7 +110,27 @@ def _show(args: argparse.Namespace) -> int:
         sys.stdout.write(describe(entry.status))
         print(f"  cached {_iso(entry.stored_at)}, expires {_iso(entry.expires_at)} "
               f"({int(entry.remaining(now))} s left)")
+        if probes is not None:
+            sys.stdout.write(_describe_probes(entry.status, *probes))
     return 0 if entry is not None else 1
+
+
+def _probes_document(status: DomainStatus, probes: ProbeEntry,
+                     expires_at: float) -> dict[str, Any]:
+    return {
+        "port": probes.port, "ocsp": probes.ocsp, "stored_at": probes.stored_at,
+        "expires_at": expires_at, "current": probes.fingerprint == fingerprint(status),
+        "hosts": [[p.to_json() for p in host] for host in probes.probes],
+    }
+
+
+def _describe_probes(status: DomainStatus, probes: ProbeEntry, expires_at: float) -> str:
+    stale = "" if probes.fingerprint == fingerprint(status) else (
+        " (taken under other DNS data: not used)")
+    lines = [f"  TLS probes, port {probes.port}, staples {probes.ocsp}: cached "
+             f"{_iso(probes.stored_at)}, expires {_iso(expires_at)}{stale}"]
+    lines.extend(f"    {probe_line(result)}" for host in probes.probes for result in host)
+    return "\n".join(lines) + "\n"
 
 
 def _purge(args: argparse.Namespace) -> int:

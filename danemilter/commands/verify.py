@@ -309,11 +309,12 @@ def describe_probe(probe: DomainProbe) -> str:
         lines.append(f"  {host.name} [{host.preference}] {addresses}: "
                      f"{host.tlsa_state}: {host.reason}")
         lines.extend(f"    TLSA {r.to_text()}" for r in host.records)
-        lines.extend(f"    {_probe_line(result)}" for result in results)
+        lines.extend(f"    {probe_line(result)}" for result in results)
     return "\n".join(lines) + "\n"
 
 
-def _probe_line(result: ProbeResult) -> str:
+def probe_line(result: ProbeResult) -> str:
+    """One line on one probed address: where, the DANE verdict and why, the staple."""
     where = f"[{result.address}]:{result.port}"
     if result.failed_at is not None:
         dane = "DANE check failed" if result.dane == "failed" else "no TLS"

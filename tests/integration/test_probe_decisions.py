@@ -154,6 +154,20 @@ def test_cached_rule_uses_what_verify_left_in_the_shared_cache(
     assert (reply.code, reply.text[:5]) == (450, "4.7.5")
     assert stack.server("later").connections == 1
 
+    # What the milter decided on is what `cache show` shows.
+    assert main(["cache", "show", f"later.{ZONE}", "--json", "--config",
+                 str(stack.milter.config_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"]["status"] == "dane"  # the DNS status; the probe adds the mismatch
+    probes = shown["probes"]
+    assert (probes["port"], probes["ocsp"], probes["current"]) == (stack.world.port, "auto", True)
+    assert [p["dane"] for host in probes["hosts"] for p in host] == ["mismatch"]
+    assert main(["cache", "show", f"later.{ZONE}", "--config",
+                 str(stack.milter.config_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"TLS probes, port {stack.world.port}, staples auto: cached" in text
+    assert "DANE MISMATCH" in text
+
 
 def test_verify_reads_the_cache_and_fresh_ignores_it(
     stack: Stack, capsys: pytest.CaptureFixture[str]
