@@ -12,7 +12,8 @@ demo:
 	./scripts/install-python-env test
 	.venv/bin/python demo/demo.py
 
+# make bench BENCH_ARGS=--quick for a short run (see bench/run.py --help).
 bench:
 	./scripts/install-system-deps test
 	./scripts/install-python-env test
-	.venv/bin/python bench/run.py
+	.venv/bin/python bench/run.py $(BENCH_ARGS)
