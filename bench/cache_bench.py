@@ -16,7 +16,7 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common import bench_domains, bench_zone, quantile
@@ -109,12 +109,12 @@ def us(value: float) -> str:
     return f"{value:,.1f} µs" if value < 10_000 else f"{value / 1000:,.2f} ms"
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--cold", type=int, default=100,
                         help="domains for cold vs warm decisions (0 skips the DNS test bed)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     server = RedisServer()
     server.start()
     rows: list[tuple[str, str, list[float], float]] = []

@@ -30,10 +30,10 @@ import dataclasses
 import os
 import smtplib
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from common import Figure, bench_zone, rss_bytes, wild_domains
 
@@ -293,7 +293,7 @@ def measure(count: int, soak_seconds: float, backends: Sequence[str], min_ttl: i
                                       f"<= {_GROWTH_LIMIT:.2f} (no growth)",
                                       end / start <= _GROWTH_LIMIT))
             stats = subprocess.run(
-                [str(Path(os.sys.executable).with_name("danemilter")), "cache", "stats",
+                [sys.executable, "-m", "danemilter", "cache", "stats",
                  "--config", str(world.milter.config_path)],
                 capture_output=True, text=True, check=False)
             if backend == "sqlite" and stats.returncode == 0:

@@ -66,9 +66,11 @@ class NoopMilter(Milter.Base):
 
 def negotiation(klass: type[Milter.Base]) -> tuple[int, dict[str, tuple[str, ...] | None]]:
     """The protocol mask a class negotiates away and the macro list of each stage."""
-    symlists = {name: getattr(getattr(klass, name), "_symlist", None)
-                for name in Milter.MACRO_CALLBACKS}
-    return klass.protocol_mask(), symlists
+    # pymilter's stubs here declare neither of these; both exist in pymilter 1.0.5.
+    stages: dict[str, int] = Milter.MACRO_CALLBACKS  # type: ignore[attr-defined]
+    symlists = {name: getattr(getattr(klass, name), "_symlist", None) for name in stages}
+    mask: int = klass.protocol_mask()  # type: ignore[attr-defined]
+    return mask, symlists
 
 
 def check_against_danemilter() -> list[str]:

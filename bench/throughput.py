@@ -130,14 +130,14 @@ class Bench:
         self.sink.start()
         self.noop.start()
         # log_level info is danemilter's default: one log line per RCPT is part of its cost.
-        for milter in (self.milter, self.quiet):
-            milter.write_config(
+        for process in (self.milter, self.quiet):
+            process.write_config(
                 f"resolver: {{address: 127.0.0.1, port: {self.bed.resolver_port}, "
                 "timeout: 2}\npolicy:\n  default: {dane: try}\n")
-            milter.start()
-        for milter in ("", self.noop.postfix_address, self.milter.postfix_address,
-                       self.quiet.postfix_address):
-            instance = PrivatePostfix(milter, self.sink.port)
+            process.start()
+        for address in ("", self.noop.postfix_address, self.milter.postfix_address,
+                        self.quiet.postfix_address):
+            instance = PrivatePostfix(address, self.sink.port)
             self.instances.append(instance)
             instance.start()
 
