@@ -20,7 +20,12 @@ during a long soak the filled entries then expire and get asked again, so expiry
 refresh-ahead run too. "No growth": the RSS at the end of the soak is within 5 % of
 the RSS at its start (plus the fitted slope over the second half is printed).
 
-    python bench/memory_soak.py [--domains 100000] [--soak 600] [--backends sqlite]
+Last, ``--reloads`` SIGHUPs that each change the cache settings (``min_ttl``), with the
+most recent 10,000 domains asked for again after each: memory must stay bounded by the
+cache size across reloads too.
+
+    python bench/memory_soak.py [--domains 100000] [--soak 600] [--reloads 3]
+                                [--backends sqlite]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from common import Figure, bench_zone, rss_bytes, wild_domains
 
@@ -44,6 +50,7 @@ from tests.support.postfix import PrivatePostfix, SmtpSink
 
 _RSET_EVERY = 500  # below smtpd_recipient_limit (1000)
 _CLIENTS = 8
+LRU_ENTRIES = 10_000
 _TARGET_MB = 80.0
 _GROWTH_LIMIT = 1.05
 
@@ -126,20 +133,23 @@ class World:
         self.backend = backend
         self.min_ttl = min_ttl
         self.milter = TunedMilter("")
-        path = self.milter.cache_path
-        self.milter.cache_section = (
-            f"{{backend: {backend}, path: {path}, max_entries: {max(domains, 1)}, "
-            f"lru_entries: 10000, min_ttl: {min_ttl}}}" if backend == "sqlite" else
-            f"{{backend: {backend}, max_entries: {max(domains, 1)}, lru_entries: 10000, "
-            f"min_ttl: {min_ttl}}}")
+        self.domains = domains
+        self.milter.cache_section = self.cache_section(min_ttl)
         self.postfix: PrivatePostfix | None = None
+
+    def cache_section(self, min_ttl: int) -> str:
+        path = f"path: {self.milter.cache_path}, " if self.backend == "sqlite" else ""
+        return (f"{{backend: {self.backend}, {path}max_entries: {max(self.domains, 1)}, "
+                f"lru_entries: {LRU_ENTRIES}, min_ttl: {min_ttl}}}")
+
+    def policy(self) -> str:
+        return (f"resolver: {{address: 127.0.0.1, port: {self.bed.resolver_port}, "
+                "timeout: 2}\npolicy:\n  default: {dane: try}\n")
 
     def start(self) -> None:
         self.bed.start()
         self.sink.start()
-        self.milter.write_config(
-            f"resolver: {{address: 127.0.0.1, port: {self.bed.resolver_port}, timeout: 2}}\n"
-            "policy:\n  default: {dane: try}\n")
+        self.milter.write_config(self.policy())
         self.milter.start()
         self.postfix = PrivatePostfix(self.milter.postfix_address, self.sink.port)
         self.postfix.start()
@@ -262,8 +272,32 @@ def soak(world: World, count: int, seconds: float, report: Callable[[str], None]
     return samples
 
 
-def measure(count: int, soak_seconds: float, backends: Sequence[str], min_ttl: int
-            ) -> tuple[list[Figure], list[str]]:
+def reloads(world: World, count: int, times: int, report: Callable[[str], None]
+            ) -> list[int]:
+    """RSS after each of ``times`` reloads (SIGHUP) that change the cache settings.
+
+    Such a reload gives the milter a new Engine, whose LRU fills again as domains are
+    asked for; the RSS shows whether the replaced engine's memory is given back. After
+    each reload the most recently cached ``lru_entries`` domains are asked for again.
+    """
+    assert world.postfix is not None
+    recent = wild_domains(min(LRU_ENTRIES, count), start=max(count - LRU_ENTRIES, 0))
+    sizes = []
+    for n in range(times):
+        # min_ttl is the one setting changed: it changes no verdict, only the lifetime.
+        world.milter.cache_section = world.cache_section(world.min_ttl + 1 + n)
+        world.milter.reload(config=world.policy())
+        send_rcpts(world.postfix.port, recent, _CLIENTS)
+        sizes.append(world.milter.rss())
+        threads = len(list(Path(f"/proc/{world.milter.process.pid}/task").iterdir())) \
+            if world.milter.process is not None else 0
+        report(f"after reload {n + 1} (cache settings changed) and {len(recent)} domains "
+               f"asked again: RSS {mb(sizes[-1])}, {threads} threads")
+    return sizes
+
+
+def measure(count: int, soak_seconds: float, backends: Sequence[str], min_ttl: int,
+            reload_times: int = 0) -> tuple[list[Figure], list[str]]:
     figures: list[Figure] = []
     lines: list[str] = [f"Milter RSS with {count} cached domains (lru_entries 10000, "
                         f"max_entries {count}, min_ttl {min_ttl})"]
@@ -292,6 +326,14 @@ def measure(count: int, soak_seconds: float, backends: Sequence[str], min_ttl: i
                                       f"{mb(start)} (soak start)", end / start,
                                       f"<= {_GROWTH_LIMIT:.2f} (no growth)",
                                       end / start <= _GROWTH_LIMIT))
+            if backend == backends[0] and reload_times > 0:
+                before = world.milter.rss()
+                sizes = reloads(world, count, reload_times, lines.append)
+                figures.append(Figure("5 memory", f"RSS after {reload_times} reloads that "
+                                      f"change the cache settings ({backend})", mb(sizes[-1]),
+                                      f"{mb(before)} (before them)", sizes[-1] / before,
+                                      f"<= {_GROWTH_LIMIT:.2f} (bounded by the cache size)",
+                                      sizes[-1] / before <= _GROWTH_LIMIT))
             stats = subprocess.run(
                 [sys.executable, "-m", "danemilter", "cache", "stats",
                  "--config", str(world.milter.config_path)],
@@ -310,8 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite",
                         help="comma-separated; memory fills by cold evaluation (slow)")
     parser.add_argument("--min-ttl", type=int, default=300)
+    parser.add_argument("--reloads", type=int, default=3,
+                        help="reloads changing the cache settings after the soak (0: none)")
     args = parser.parse_args(argv)
-    figures, lines = measure(args.domains, args.soak, args.backends.split(","), args.min_ttl)
+    figures, lines = measure(args.domains, args.soak, args.backends.split(","), args.min_ttl,
+                             args.reloads)
     print("\n".join(lines))
     for f in figures:
         print(f"{f.what}: {f.value} vs {f.baseline}, ratio {f.ratio:.2f}, target {f.target}: "

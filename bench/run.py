@@ -9,7 +9,7 @@ Measurements (see each module's docstring for the method):
   latency     bench/rcpt_latency.py           added latency per RCPT, p50/p99, warm and cold
   cold        bench/cold_eval.py              1,000 cold domains; parallel MX; coalescing
   verify      bench/verify_vs_posttls_finger.py   verify vs posttls-finger, 100 domains
-  memory      bench/memory_soak.py            RSS with 100,000 cached domains; soak
+  memory      bench/memory_soak.py            RSS with 100,000 cached domains; soak; reloads
 
 Needs root and what ./scripts/test installs (nsd, unbound, ldns, postfix, redis-server).
 """
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cold": lambda: cold_eval.measure(counts.cold_domains, 20, 50, 8, same=50, shared=20),
         "verify": lambda: verify_vs_posttls_finger.measure(counts.verify_domains, 16),
         "memory": lambda: memory_soak.measure(counts.memory_domains, counts.soak, ["sqlite"],
-                                              300),
+                                              300, reload_times=3),
     }
     began = time.monotonic()
     print(f"danemilter benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
