@@ -142,6 +142,10 @@ class World:
         return (f"{{backend: {self.backend}, {path}max_entries: {max(self.domains, 1)}, "
                 f"lru_entries: {LRU_ENTRIES}, min_ttl: {min_ttl}}}")
 
+    def threads(self) -> int:
+        assert self.milter.process is not None
+        return len(list(Path(f"/proc/{self.milter.process.pid}/task").iterdir()))
+
     def policy(self) -> str:
         return (f"resolver: {{address: 127.0.0.1, port: {self.bed.resolver_port}, "
                 "timeout: 2}\npolicy:\n  default: {dane: try}\n")
@@ -282,6 +286,7 @@ def reloads(world: World, count: int, times: int, report: Callable[[str], None]
     """
     assert world.postfix is not None
     recent = wild_domains(min(LRU_ENTRIES, count), start=max(count - LRU_ENTRIES, 0))
+    report(f"before the reloads: RSS {mb(world.milter.rss())}, {world.threads()} threads")
     sizes = []
     for n in range(times):
         # min_ttl is the one setting changed: it changes no verdict, only the lifetime.
@@ -289,10 +294,8 @@ def reloads(world: World, count: int, times: int, report: Callable[[str], None]
         world.milter.reload(config=world.policy())
         send_rcpts(world.postfix.port, recent, _CLIENTS)
         sizes.append(world.milter.rss())
-        threads = len(list(Path(f"/proc/{world.milter.process.pid}/task").iterdir())) \
-            if world.milter.process is not None else 0
         report(f"after reload {n + 1} (cache settings changed) and {len(recent)} domains "
-               f"asked again: RSS {mb(sizes[-1])}, {threads} threads")
+               f"asked again: RSS {mb(sizes[-1])}, {world.threads()} threads")
     return sizes
 
 
