@@ -39,6 +39,8 @@ class Engine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="danemilter-dns",
                                         daemon=True)
         self._thread.start()
+        self._close_lock = threading.Lock()
+        self._closed = False
         self.cache: StatusCache = open_cache(cache)
         self.evaluator = CachedEvaluator(DomainEvaluator(Resolver(resolver)), self.cache)
         self.prober = Prober(ProbeCache(self.cache.backend, cache))
@@ -67,11 +69,18 @@ class Engine:
         return self.prober.domain_probe(status, mode, ocsp, settings, budget)
 
     def close(self) -> None:
-        if not self._thread.is_alive():
-            return
+        """Stop the loop thread and its workers and close the cache; once only."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         # Shutting down regardless: background refreshes get a moment to cancel.
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
             self._submit(self.evaluator.aclose()).result(5)
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self._submit(self._loop.shutdown_default_executor()).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
         self.cache.close()

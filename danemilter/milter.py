@@ -189,12 +189,15 @@ class DaneMilter(Milter.Base):
         rule = settings.policy.rule_for(domain)
         if rule.dane is DaneMode.OFF:
             return Milter.CONTINUE
-        status = self.runtime.domain_status(domain, settings.deadline)
+        # The policy is this connection's; lookups go to the current engine, so that
+        # an engine replaced by a reload can be closed while old connections go on.
+        engine = self.runtime_ref.get()
+        status = engine.domain_status(domain, settings.deadline)
         probes = None
         if wants_probe(status, rule):
             budget = settings.deadline - (time.monotonic() - started)
-            probe = self.runtime.domain_probe(status, rule.probe, staple_request(rule),
-                                              settings.probe, budget)
+            probe = engine.domain_probe(status, rule.probe, staple_request(rule),
+                                        settings.probe, budget)
             if probe is not None:
                 status = probe.status
                 probes = [result for host in probe.probes for result in host]

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # libmilter's I/O timeout towards the MTA; Postfix's own milter timeouts are shorter.
 _MTA_TIMEOUT = 600
+# A replaced engine is closed once every lookup already running on it has ended: each
+# ends within its deadline plus the engine's own grace (engine._GRACE); this is more.
+_RETIRE_GRACE = 5.0
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -171,27 +174,40 @@ def _serve(path: str | None, settings: Settings) -> int:
     log.info("listening on %s (config: %s, resolver %s:%d)", settings.listen,
              settings.source, settings.resolver.address, settings.resolver.port)
 
-    engines = [engine]
+    retiring: list[tuple[threading.Timer, Engine]] = []
+    longest_deadline = settings.deadline  # connections may still run under any earlier one
     while True:
         stop.wait()
         if reload_requested.is_set() and server.is_alive():
             reload_requested.clear()
             stop.clear()
-            engine = _reload(path, ref, engines[-1])
-            if engine is not engines[-1]:
-                engines.append(engine)
+            replacement = _reload(path, ref, engine)
+            longest_deadline = max(longest_deadline, ref.get().settings.deadline)
+            if replacement is not engine:
+                timer = threading.Timer(longest_deadline + _RETIRE_GRACE, _retire, (engine,))
+                timer.daemon = True
+                timer.start()
+                retiring.append((timer, engine))
+                engine = replacement
             continue
         break
 
     if server.is_alive():
         Milter.stop()
         server.join(timeout=10)
-    for old in engines:
+    for timer, old in retiring:
+        timer.cancel()
         old.close()
+    engine.close()
     if failure:
         raise DanemilterError(f"milter stopped: {failure[0]}")
     log.info("stopped")
     return 0
+
+
+def _retire(engine: Engine) -> None:
+    engine.close()
+    log.info("closed the resolver and cache replaced by a reload")
 
 
 def _reload(path: str | None, ref: RuntimeRef, engine: Engine) -> Engine:

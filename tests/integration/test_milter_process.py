@@ -118,3 +118,30 @@ def test_sighup_applies_a_new_policy_without_dropping_the_socket() -> None:
         assert milter._accepting()
     finally:
         assert milter.stop() == 0
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("Threads:")))
+
+
+def test_an_engine_replaced_by_a_reload_is_released() -> None:
+    # A reload that changes the resolver (or the cache) builds a new engine; the old one
+    # (loop thread, workers, cache and its LRU) must go once its lookups can have ended,
+    # or every such reload would leak ~20 MB with a warm LRU.
+    policy = "deadline: 1\n{resolver}policy:\n  default: {{dane: try}}\n"
+    milter = MilterProcess(policy.format(resolver=""))
+    milter.start()
+    try:
+        assert milter.process is not None
+        pid = milter.process.pid
+        baseline = _threads(pid)
+        for port in (5301, 5302, 5303):
+            resolver = f"resolver: {{address: 127.0.0.1, port: {port}}}\n"
+            milter.reload(policy.format(resolver=resolver))
+        released = "closed the resolver and cache replaced by a reload"
+        wait_for(lambda: milter.log().count(released) == 3, 20, "three engines released")
+        wait_for(lambda: _threads(pid) <= baseline, 5, "the thread count back to its start")
+    finally:
+        assert milter.stop() == 0
