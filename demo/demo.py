@@ -66,7 +66,7 @@ def main() -> int:
             print(f"  X-DANE-Status: {value}")
         print("\nmilter log:")
         for line in milter.log().splitlines():
-            if "rcpt=" in line:
+            if "rcpt=" in line and " DEBUG " not in line:
                 print("  " + line)
         return 0
     finally:

@@ -228,10 +228,24 @@ def test_log_lines_carry_the_queue_id(stack: Stack) -> None:
     sub = stack.postfix.submit(["a@ee.secure.test", "b@ta.secure.test"], message(marker))
     assert sub.queue_id is not None
     stack.sink.wait_for_message(marker)
+    # Accepted recipients: one line per message, at its end, grouped by domain.
     lines = [line for line in stack.milter.log().splitlines()
              if "rcpt=<b@ta.secure.test>" in line]
     assert lines, stack.milter.log()[-2000:]
-    assert f" {sub.queue_id}: rcpt=<b@ta.secure.test> domain=ta.secure.test " in lines[-1]
+    assert lines[-1].endswith(
+        f" {sub.queue_id}: rcpt=<a@ee.secure.test> domain=ee.secure.test status=dane usage=8 "
+        "ocsp=off action=accept; rcpt=<b@ta.secure.test> domain=ta.secure.test status=dane "
+        "usage=4 ocsp=off action=accept")
+    # A refused recipient is logged when it is refused (with NOQUEUE when it came first).
+    stack.use("  default: {dane: require, on_fail: defer}\n")
+    sub = stack.postfix.submit(["c@plain.insecure.test", "d@ee.secure.test"],
+                               message(new_marker()))
+    assert [code for code, _ in replies(sub)] == [450, 250]
+    log = stack.milter.log()
+    assert ("NOQUEUE: rcpt=<c@plain.insecure.test> domain=plain.insecure.test status=none "
+            "usage=0 ocsp=off action=defer") in log
+    wait_for(lambda: f"{sub.queue_id}: rcpt=<d@ee.secure.test> domain=ee.secure.test"
+             in stack.milter.log(), 10, "the end-of-message line")
 
 
 def test_warm_domains_are_answered_from_the_cache_with_the_resolver_stopped(
