@@ -68,6 +68,12 @@ class Engine:
         milter thread, since a probe is blocking socket and OpenSSL work."""
         return self.prober.domain_probe(status, mode, ocsp, settings, budget)
 
+    def retire(self) -> None:
+        """Replaced by a reload: new lookups go elsewhere, so the in-process copies go
+        now (a lookup still running here pays a backend read); close() follows later."""
+        self.cache.forget_local()
+        self.prober.cache.forget()
+
     def close(self) -> None:
         """Stop the loop thread and its workers and close the cache; once only."""
         with self._close_lock:

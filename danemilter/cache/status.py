@@ -158,6 +158,11 @@ class StatusCache:
             return False
         return entry.remaining(now) <= ahead * entry.lifetime
 
+    def forget_local(self) -> None:
+        """Empty the in-process LRU only; the backend keeps every entry."""
+        with self._lock:
+            self._front.clear()
+
     def purge(self, domain: str | None = None) -> int:
         """Forget ``domain`` (or everything); the number of backend entries removed."""
         with self._lock:

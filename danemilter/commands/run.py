@@ -184,6 +184,7 @@ def _serve(path: str | None, settings: Settings) -> int:
             replacement = _reload(path, ref, engine)
             longest_deadline = max(longest_deadline, ref.get().settings.deadline)
             if replacement is not engine:
+                engine.retire()
                 timer = threading.Timer(longest_deadline + _RETIRE_GRACE, _retire, (engine,))
                 timer.daemon = True
                 timer.start()

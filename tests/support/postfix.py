@@ -110,7 +110,7 @@ def _parse_dump(raw: bytes) -> email.message.EmailMessage:
     # The dump starts with "X-Client-Addr: ...", "X-Client-Proto: ...", "X-Helo-Args",
     # "X-Mail-Args", "X-Rcpt-Args" records and then the message itself; all of it parses
     # as one header block followed by the body, so the records simply become headers.
-    return email.message_from_string(text, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_string(text, policy=email.policy.default)
 
 
 def _accepts(port: int, host: str = "127.0.0.1") -> bool:
@@ -227,9 +227,9 @@ class PrivatePostfix:
         """One SMTP transaction; every RCPT's reply is recorded, DATA sent if any was accepted."""
         with smtplib.SMTP("127.0.0.1", self.port, timeout=timeout) as client:
             client.ehlo("client.test")
-            code, text = client.mail(sender)
+            code, mail_reply = client.mail(sender)
             if code != 250:
-                raise PostfixError(f"MAIL FROM refused: {code} {text!r}")
+                raise PostfixError(f"MAIL FROM refused: {code} {mail_reply!r}")
             replies = []
             for rcpt in recipients:
                 code, reply = client.rcpt(rcpt)
