@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from danemilter.cache.backend import CacheBackend
 from danemilter.cache.codec import CodecError, decode, encode
 from danemilter.cache.lifetime import is_transient, lifetime
+from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
 from danemilter.dane import DomainStatus
 
@@ -52,50 +51,27 @@ class StatusCache:
     def __init__(self, backend: CacheBackend, settings: CacheSettings) -> None:
         self.backend = backend
         self.settings = settings
-        self._front: OrderedDict[str, CachedStatus] = OrderedDict()
-        self._lock = threading.Lock()
-        self.local_hits = 0
+        self._front: ExpiringLru[CachedStatus] = ExpiringLru(settings.lru_entries,
+                                                             lambda entry: entry.expires_at)
         self.backend_hits = 0
         self.misses = 0
         self.stores = 0
         self.corrupt = 0
-        self.front_evictions = 0
 
-    # --- in-process LRU ---------------------------------------------------------
-
-    def _front_get(self, domain: str, now: float) -> CachedStatus | None:
-        with self._lock:
-            entry = self._front.get(domain)
-            if entry is None:
-                return None
-            if not entry.fresh(now):
-                del self._front[domain]
-                return None
-            self._front.move_to_end(domain)
-            self.local_hits += 1
-            return entry
-
-    def _front_put(self, domain: str, entry: CachedStatus) -> None:
-        limit = self.settings.lru_entries
-        if limit <= 0:
-            return
-        with self._lock:
-            self._front[domain] = entry
-            self._front.move_to_end(domain)
-            while len(self._front) > limit:
-                self._front.popitem(last=False)
-                self.front_evictions += 1
+    @property
+    def local_hits(self) -> int:
+        return self._front.hits
 
     def peek(self, domain: str, now: float) -> DomainStatus | None:
         """A fresh status from the in-process LRU only (no I/O), or None."""
-        entry = self._front_get(domain, now)
+        entry = self._front.get(domain, now)
         return None if entry is None else entry.status
 
     # --- through to the backend -------------------------------------------------
 
     def lookup(self, domain: str, now: float) -> CachedStatus | None:
         """The fresh cached entry for ``domain`` (LRU first, then the backend), or None."""
-        entry = self._front_get(domain, now)
+        entry = self._front.get(domain, now)
         if entry is not None:
             return entry
         entry = self._backend_get(domain, now)
@@ -103,7 +79,7 @@ class StatusCache:
             self.misses += 1
             return None
         self.backend_hits += 1
-        self._front_put(domain, entry)
+        self._front.put(domain, entry)
         return entry
 
     def _backend_get(self, domain: str, now: float) -> CachedStatus | None:
@@ -137,7 +113,7 @@ class StatusCache:
         if seconds <= 0:
             return None
         entry = CachedStatus(status, now, now + seconds)
-        self._front_put(status.domain, entry)
+        self._front.put(status.domain, entry)
         self.backend.put(status_key(status.domain), encode(status, now), entry.expires_at)
         self.stores += 1
         return entry
@@ -152,24 +128,18 @@ class StatusCache:
         ahead = self.settings.refresh_ahead
         if ahead <= 0:
             return False
-        with self._lock:
-            entry = self._front.get(domain)
+        entry = self._front.peek(domain)
         if entry is None or not entry.fresh(now) or is_transient(entry.status):
             return False
         return entry.remaining(now) <= ahead * entry.lifetime
 
     def forget_local(self) -> None:
         """Empty the in-process LRU only; the backend keeps every entry."""
-        with self._lock:
-            self._front.clear()
+        self._front.discard()
 
     def purge(self, domain: str | None = None) -> int:
         """Forget ``domain`` (or everything); the number of backend entries removed."""
-        with self._lock:
-            if domain is None:
-                self._front.clear()
-            else:
-                self._front.pop(domain, None)
+        self._front.discard(domain)
         if domain is None:
             return self.backend.purge()
         return int(self.backend.delete(status_key(domain)))
@@ -178,7 +148,7 @@ class StatusCache:
         return {
             "lru_entries": len(self._front),
             "lru_max_entries": self.settings.lru_entries,
-            "lru_evictions": self.front_evictions,
+            "lru_evictions": self._front.evictions,
             "local_hits": self.local_hits,
             "backend_hits": self.backend_hits,
             "misses": self.misses,
@@ -188,6 +158,5 @@ class StatusCache:
         }
 
     def close(self) -> None:
-        with self._lock:
-            self._front.clear()
+        self._front.discard()
         self.backend.close()
