@@ -28,7 +28,13 @@ FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
 
 
 class NoopMilter(Milter.Base):
-    """CONTINUE everywhere; decorators mirror danemilter.milter.DaneMilter one to one."""
+    """CONTINUE everywhere; decorators mirror danemilter.milter.DaneMilter one to one.
+
+    With ``inserted_header`` set it also inserts that one header at end of message, as danemilter
+    does for a one-domain message: the baseline for "all the work but the decision".
+    """
+
+    inserted_header: str | None = None
 
     def setsymlist(self, stage: int, *macros: str) -> None:
         # pymilter 1.0.5's own setsymlist hands bytes to its C module, which raises
@@ -58,6 +64,8 @@ class NoopMilter(Milter.Base):
 
     @Milter.symlist("i")
     def eom(self) -> int:
+        if self.inserted_header is not None:
+            self.addheader("X-DANE-Status", self.inserted_header, 1)
         return Milter.CONTINUE
 
     def abort(self) -> int:
@@ -89,6 +97,8 @@ def check_against_danemilter() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", help="unix socket path to listen on")
+    parser.add_argument("--add-header", metavar="VALUE",
+                        help="insert 'X-DANE-Status: VALUE' at end of every message")
     parser.add_argument("--check", action="store_true",
                         help="compare the negotiation with danemilter's and exit")
     args = parser.parse_args(argv)
@@ -104,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Postfix's smtpd runs as user postfix and must be able to connect; libmilter
     # creates the socket itself, so the umask sets its mode (as danemilter does).
     os.umask(0o000)
+    NoopMilter.inserted_header = args.add_header
     Milter.factory = NoopMilter
     Milter.set_flags(FLAGS)
     stop = threading.Event()
