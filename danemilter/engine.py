@@ -33,8 +33,6 @@ _GRACE = 0.5
 
 class Engine:
     def __init__(self, resolver: ResolverSettings, cache: CacheSettings) -> None:
-        self.resolver_settings = resolver
-        self.cache_settings = cache
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="danemilter-dns",
                                         daemon=True)

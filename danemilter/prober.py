@@ -32,7 +32,6 @@ class Prober:
         self._clock = clock
         self._lock = threading.Lock()
         self._inflight: dict[tuple[str, OcspRequest], Future[DomainProbe]] = {}
-        self.probes_run = 0
 
     def domain_probe(self, status: DomainStatus, mode: ProbeMode, ocsp: OcspRequest,
                      settings: ProbeSettings, budget: float) -> DomainProbe | None:
@@ -70,7 +69,6 @@ class Prober:
 
     def _probe(self, status: DomainStatus, ocsp: OcspRequest, settings: ProbeSettings,
                budget: float) -> DomainProbe:
-        self.probes_run += 1
         probe = probe_domain(status, port=settings.port, timeout=min(settings.timeout, budget),
                              now=datetime.now(UTC), helo=settings.helo,
                              allow_private=settings.allow_private,
