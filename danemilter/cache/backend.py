@@ -9,6 +9,7 @@ dropped (and logged).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 
@@ -30,3 +31,15 @@ class CacheBackend(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+def read_fresh(backend: CacheBackend, key: str, now: float) -> tuple[bytes, float] | None:
+    """The value at ``key`` and its expiry, unless absent, expired by ``now`` or with an
+    expiry that is not a time."""
+    found = backend.get(key)
+    if found is None:
+        return None
+    expires_at = found[1]
+    if not math.isfinite(expires_at) or expires_at <= now:
+        return None
+    return found

@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 
-from danemilter.cache.backend import CacheBackend
+from danemilter.cache.backend import CacheBackend, read_fresh
 from danemilter.cache.codec import CodecError, ProbeEntry, decode_probes, encode_probes
 from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
@@ -115,12 +114,10 @@ class ProbeCache:
 
     def _backend_get(self, domain: str, now: float) -> _Held | None:
         key = probe_key(domain)
-        found = self.backend.get(key)
+        found = read_fresh(self.backend, key, now)
         if found is None:
             return None
         value, expires_at = found
-        if not math.isfinite(expires_at) or expires_at <= now:
-            return None
         try:
             entry = decode_probes(value)
         except CodecError as exc:

@@ -10,11 +10,10 @@ removed), never an exception.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from danemilter.cache.backend import CacheBackend
+from danemilter.cache.backend import CacheBackend, read_fresh
 from danemilter.cache.codec import CodecError, decode, encode
 from danemilter.cache.lifetime import is_transient, lifetime
 from danemilter.cache.lru import ExpiringLru
@@ -84,12 +83,10 @@ class StatusCache:
 
     def _backend_get(self, domain: str, now: float) -> CachedStatus | None:
         key = status_key(domain)
-        found = self.backend.get(key)
+        found = read_fresh(self.backend, key, now)
         if found is None:
             return None
         value, expires_at = found
-        if not math.isfinite(expires_at) or expires_at <= now:
-            return None
         try:
             decoded = decode(value)
             if decoded.status.domain != domain:
