@@ -429,6 +429,14 @@ def parse(text: str, path: str) -> Settings:
     return replace(settings, **values)  # type: ignore[arg-type]
 
 
+def chosen_path(option: str | None) -> str | None:
+    """The file named by ``--config``, else the installed policy file if there is one;
+    ``None`` (built-in defaults) when neither."""
+    if option is not None:
+        return option
+    return str(DEFAULT_PATH) if DEFAULT_PATH.exists() else None
+
+
 def load(path: str | Path | None) -> Settings:
     """Load the policy file; ``None`` means built-in defaults (dane: try, on_fail: tag)."""
     if path is None:

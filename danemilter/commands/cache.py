@@ -17,7 +17,6 @@ from typing import Any
 
 from danemilter.cache import (
     BackendName,
-    CacheSettings,
     RedisBackend,
     SQLiteBackend,
     StatusCache,
@@ -26,7 +25,7 @@ from danemilter.cache import (
 from danemilter.cache.codec import ProbeEntry
 from danemilter.cache.probes import ProbeCache, fingerprint, probe_key
 from danemilter.commands.verify import describe, probe_line
-from danemilter.config import DEFAULT_PATH, Settings, load
+from danemilter.config import DEFAULT_PATH, chosen_path, load
 from danemilter.dane import DomainStatus
 from danemilter.errors import DanemilterError, UsageError
 from danemilter.names import normalize_domain
@@ -56,17 +55,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     stats.set_defaults(handler=_stats)
 
 
-def cache_settings(settings: Settings) -> CacheSettings:
-    """The ``cache:`` section of loaded settings (defaults when it is absent)."""
-    section = getattr(settings, "cache", None)
-    return section if isinstance(section, CacheSettings) else CacheSettings()
-
-
 def _open(args: argparse.Namespace) -> StatusCache:
-    path = args.config
-    if path is None and DEFAULT_PATH.exists():
-        path = str(DEFAULT_PATH)
-    settings = cache_settings(load(path))
+    settings = load(chosen_path(args.config)).cache
     if settings.backend == BackendName.MEMORY:
         raise UsageError("cache: the memory backend lives inside the milter process; "
                          "there is nothing to inspect from here")

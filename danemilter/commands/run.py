@@ -17,7 +17,7 @@ from typing import Any
 
 import Milter
 
-from danemilter.config import DEFAULT_PATH, ConfigErrors, Settings, load
+from danemilter.config import DEFAULT_PATH, ConfigErrors, Settings, chosen_path, load
 from danemilter.engine import Engine
 from danemilter.errors import ConfigError, DanemilterError
 from danemilter.milter import DaneMilter, Runtime, RuntimeRef
@@ -40,12 +40,6 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     check = commands.add_parser("check-config", help="validate a policy file")
     check.add_argument("file", nargs="?", default=str(DEFAULT_PATH), metavar="FILE")
     check.set_defaults(handler=_check_config)
-
-
-def _config_path(option: str | None) -> str | None:
-    if option is not None:
-        return option
-    return str(DEFAULT_PATH) if DEFAULT_PATH.exists() else None
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -126,7 +120,7 @@ def _log_through_a_queue() -> QueueListener:
 
 
 def _run(args: argparse.Namespace) -> int:
-    path = _config_path(args.config)
+    path = chosen_path(args.config)
     settings = load(path)
     _setup_logging(settings.log_level)
     listener = _log_through_a_queue()
