@@ -26,7 +26,6 @@ from danemilter.cache.codec import ProbeEntry
 from danemilter.cache.probes import ProbeCache, fingerprint, probe_key
 from danemilter.commands.verify import describe, probe_line
 from danemilter.config import DEFAULT_PATH, chosen_path, load
-from danemilter.dane import DomainStatus
 from danemilter.errors import DanemilterError, UsageError
 from danemilter.names import normalize_domain
 
@@ -85,13 +84,16 @@ def _show(args: argparse.Namespace) -> int:
         probes = ProbeCache(cache.backend, cache.settings).stored(domain, now)
     finally:
         cache.close()
+    # Whether the cached probes were taken under the cached DNS data (else unused).
+    current = (entry is not None and probes is not None
+               and probes[0].fingerprint == fingerprint(entry.status))
     if args.json:
         document: dict[str, Any] = {"domain": domain, "cached": entry is not None}
         if entry is not None:
             document.update(stored_at=entry.stored_at, expires_at=entry.expires_at,
                             ttl_left=int(entry.remaining(now)), status=entry.status.to_json())
             if probes is not None:
-                document["probes"] = _probes_document(entry.status, *probes)
+                document["probes"] = _probes_document(*probes, current)
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif entry is None:
@@ -101,22 +103,20 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  cached {_iso(entry.stored_at)}, expires {_iso(entry.expires_at)} "
               f"({int(entry.remaining(now))} s left)")
         if probes is not None:
-            sys.stdout.write(_describe_probes(entry.status, *probes))
+            sys.stdout.write(_describe_probes(*probes, current))
     return 0 if entry is not None else 1
 
 
-def _probes_document(status: DomainStatus, probes: ProbeEntry,
-                     expires_at: float) -> dict[str, Any]:
+def _probes_document(probes: ProbeEntry, expires_at: float, current: bool) -> dict[str, Any]:
     return {
         "port": probes.port, "ocsp": probes.ocsp, "stored_at": probes.stored_at,
-        "expires_at": expires_at, "current": probes.fingerprint == fingerprint(status),
+        "expires_at": expires_at, "current": current,
         "hosts": [[p.to_json() for p in host] for host in probes.probes],
     }
 
 
-def _describe_probes(status: DomainStatus, probes: ProbeEntry, expires_at: float) -> str:
-    stale = "" if probes.fingerprint == fingerprint(status) else (
-        " (taken under other DNS data: not used)")
+def _describe_probes(probes: ProbeEntry, expires_at: float, current: bool) -> str:
+    stale = "" if current else " (taken under other DNS data: not used)"
     lines = [f"  TLS probes, port {probes.port}, staples {probes.ocsp}: cached "
              f"{_iso(probes.stored_at)}, expires {_iso(expires_at)}{stale}"]
     lines.extend(f"    {probe_line(result)}" for host in probes.probes for result in host)
