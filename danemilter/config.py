@@ -23,6 +23,7 @@ from danemilter.names import normalize_domain
 from danemilter.resolver import ResolverSettings
 
 DEFAULT_PATH = Path("/etc/danemilter/danemilter.yaml")
+BUILT_IN = "built-in defaults"  # Settings.source when no file was read
 
 
 class DaneMode(StrEnum):
@@ -131,7 +132,7 @@ class Settings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     log_level: str = "info"
-    source: str = "built-in defaults"
+    source: str = BUILT_IN
 
     def skips(self, domain: str) -> bool:
         """Local domains (exact or ``.suffix``) are not delivered over SMTP by us."""

@@ -196,7 +196,7 @@ def _probe_all(args: argparse.Namespace, settings: config.Settings,
             if hit is not None:
                 found[index] = hit
     missing = [i for i in range(len(statuses)) if i not in found]
-    helo = args.helo or (settings.probe.helo if settings.source != config.Settings().source
+    helo = args.helo or (settings.probe.helo if settings.source != config.BUILT_IN
                          else socket.gethostname() or "localhost")
     fresh = probe_domains(
         [statuses[i] for i in missing], port=port, timeout=args.timeout,
