@@ -177,6 +177,8 @@ def _serve(path: str | None, settings: Settings) -> int:
             stop.clear()
             replacement = _reload(path, ref, engine)
             longest_deadline = max(longest_deadline, ref.get().settings.deadline)
+            # Engines already closed by their timers need not be kept for the exit.
+            retiring = [(timer, old) for timer, old in retiring if timer.is_alive()]
             if replacement is not engine:
                 engine.retire()
                 timer = threading.Timer(longest_deadline + _RETIRE_GRACE, _retire, (engine,))
