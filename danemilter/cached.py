@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from danemilter.cache import StatusCache, is_transient
-from danemilter.dane import DomainEvaluator, DomainState, DomainStatus
+from danemilter.dane import DomainEvaluator, DomainStatus, shared_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,8 @@ class CachedEvaluator:
         if status is not None:
             self._refresh_if_due(domain, now, deadline)
             return status
-        task = self._inflight.get(domain)
-        if task is None:
-            task = asyncio.ensure_future(self._miss(domain, deadline))
-            self._inflight[domain] = task
-            task.add_done_callback(lambda _: self._inflight.pop(domain, None))
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), deadline)
-        except TimeoutError:
-            return DomainStatus(domain, DomainState.TEMPFAIL, 0, False, (),
-                                f"evaluation exceeded its deadline of {deadline:g} s", 0)
+        return await shared_evaluation(self._inflight, domain, deadline,
+                                       lambda: self._miss(domain, deadline))
 
     async def _miss(self, domain: str, deadline: float) -> DomainStatus:
         loop = asyncio.get_running_loop()

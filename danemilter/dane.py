@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -188,21 +189,14 @@ class DomainEvaluator:
 
         Never raises for DNS trouble: a timeout or failure is a ``tempfail`` status.
         """
-        task = self._inflight.get(domain)
-        if task is None:
-            task = asyncio.ensure_future(self._evaluate_within(domain, deadline))
-            self._inflight[domain] = task
-            task.add_done_callback(lambda _: self._inflight.pop(domain, None))
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), deadline)
-        except TimeoutError:
-            return _tempfail(domain, f"evaluation exceeded its deadline of {deadline:g} s")
+        return await shared_evaluation(self._inflight, domain, deadline,
+                                       lambda: self._evaluate_within(domain, deadline))
 
     async def _evaluate_within(self, domain: str, deadline: float) -> DomainStatus:
         try:
             return await asyncio.wait_for(self._evaluate(domain, deadline), deadline)
         except TimeoutError:
-            return _tempfail(domain, f"evaluation exceeded its deadline of {deadline:g} s")
+            return deadline_tempfail(domain, deadline)
 
     async def _evaluate(self, domain: str, deadline: float) -> DomainStatus:
         mx = await self.resolver.query(domain, dns.rdatatype.MX, deadline)
@@ -274,6 +268,28 @@ class DomainEvaluator:
         state, records, reason = _tlsa_verdict(tlsa_original)
         return HostStatus(host, preference, addresses, address_secure, state,
                           host if records else None, records, reason, ttl)
+
+
+async def shared_evaluation(
+    inflight: dict[str, asyncio.Task[DomainStatus]], domain: str, deadline: float,
+    start: Callable[[], Coroutine[Any, Any, DomainStatus]],
+) -> DomainStatus:
+    """Join the evaluation of ``domain`` already in ``inflight``, or begin one with
+    ``start``; a caller whose ``deadline`` passes gets ``tempfail`` while the shared
+    evaluation goes on for the others."""
+    task = inflight.get(domain)
+    if task is None:
+        task = asyncio.ensure_future(start())
+        inflight[domain] = task
+        task.add_done_callback(lambda _: inflight.pop(domain, None))
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), deadline)
+    except TimeoutError:
+        return deadline_tempfail(domain, deadline)
+
+
+def deadline_tempfail(domain: str, deadline: float) -> DomainStatus:
+    return _tempfail(domain, f"evaluation exceeded its deadline of {deadline:g} s")
 
 
 def _tempfail(domain: str, reason: str, mx_secure: bool = False) -> DomainStatus:
