@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from common import Figure, bench_domains, bench_zone
 
 from tests.support.dnsbed import DnssecTestBed
 from tests.support.milterproc import MilterProcess
+from tests.support.ports import unix_socket_accepts
 from tests.support.postfix import PrivatePostfix, SmtpSink, wait_for
 
 _DRAIN_TIMEOUT = 300.0
@@ -73,12 +73,7 @@ class NoopMilterProcess:
     def _accepting(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"no-op milter exited with {self.process.returncode}")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(self.socket))
-            except OSError:
-                return False
-        return True
+        return unix_socket_accepts(self.socket)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -324,8 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures, lines = measure(args.messages, args.recipients, args.sessions, args.rounds)
     print("\n".join(lines))
     for f in figures:
-        print(f"{f.what}: {f.ratio:.3f} ({f.value} vs {f.baseline})"
-              + (f", target {f.target}: {'met' if f.met else 'NOT met'}" if f.target else ""))
+        print(f.line())
     return 0
 
 

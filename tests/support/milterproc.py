@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from tests.support.ports import unix_socket_accepts
 from tests.support.postfix import wait_for
 
 _START_TIMEOUT = 20.0
@@ -56,14 +56,7 @@ class MilterProcess:
     def _accepting(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"milter exited with {self.process.returncode}: {self.log()}")
-        if not self.socket.exists():
-            return False
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(self.socket))
-            except OSError:
-                return False
-        return True
+        return self.socket.exists() and unix_socket_accepts(self.socket)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

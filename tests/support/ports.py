@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 _ATTEMPTS = 50
+
+
+def unix_socket_accepts(path: str | os.PathLike[str]) -> bool:
+    """Whether a daemon is accepting connections on the unix socket at ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(os.fspath(path))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
