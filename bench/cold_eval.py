@@ -334,8 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              same=args.same, shared=args.shared)
     print("\n".join(lines))
     for f in figures:
-        print(f"{f.what}: {f.value} vs {f.baseline}, ratio {f.ratio:.2f}"
-              + (f", target {f.target}: {'met' if f.met else 'NOT met'}" if f.target else ""))
+        print(f.line())
     return 0
 
 

@@ -105,6 +105,12 @@ class Figure:
     met: bool | None = None
     ratio_note: str = ""
 
+    def line(self) -> str:
+        """The figure as one line of a module's own output."""
+        target = f", target {self.target}: {'met' if self.met else 'NOT met'}" \
+            if self.target else ""
+        return f"{self.what}: {self.value} vs {self.baseline}, ratio {self.ratio:.3g}{target}"
+
 
 def print_figures(figures: Sequence[Figure], out_json: str | None = None) -> None:
     headers = ("measurement", "what", "value", "baseline", "ratio", "target", "met")

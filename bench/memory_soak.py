@@ -362,8 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              args.reloads)
     print("\n".join(lines))
     for f in figures:
-        print(f"{f.what}: {f.value} vs {f.baseline}, ratio {f.ratio:.2f}, target {f.target}: "
-              f"{'met' if f.met else 'NOT met'}")
+        print(f.line())
     return 0
 
 
