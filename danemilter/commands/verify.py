@@ -23,6 +23,7 @@ from typing import Any
 
 from danemilter import config
 from danemilter.cache import BackendName, ProbeCache, StatusCache, open_cache
+from danemilter.cached import CachedEvaluator
 from danemilter.dane import DomainEvaluator, DomainState, DomainStatus
 from danemilter.errors import DanemilterError, UsageError
 from danemilter.names import normalize_domain
@@ -268,23 +269,26 @@ async def evaluate_all(
     domains: Sequence[str], settings: ResolverSettings, deadline: float,
     cache: StatusCache | None = None, *, fresh: bool = False,
 ) -> list[DomainStatus]:
-    """Statuses of ``domains``: from ``cache`` unless ``fresh``, evaluated otherwise (and
-    then stored in ``cache``)."""
+    """Statuses of ``domains``: through ``cache`` as the milter asks it, unless ``fresh``
+    (then evaluated, and stored in ``cache``)."""
     evaluator = DomainEvaluator(Resolver(settings))
+    cached = CachedEvaluator(evaluator, cache) if cache is not None and not fresh else None
     limit = asyncio.Semaphore(_CONCURRENCY)
 
     async def one(domain: str) -> DomainStatus:
         async with limit:
-            if cache is not None and not fresh:
-                hit = await asyncio.to_thread(cache.get, domain, time.time())
-                if hit is not None:
-                    return hit
+            if cached is not None:
+                return await cached.evaluate(domain, deadline)
             status = await evaluator.evaluate(domain, deadline)
             if cache is not None:
                 await asyncio.to_thread(cache.put, status, time.time())
             return status
 
-    return list(await asyncio.gather(*(one(d) for d in domains)))
+    try:
+        return list(await asyncio.gather(*(one(d) for d in domains)))
+    finally:
+        if cached is not None:
+            await cached.aclose()  # a refresh begun ahead of expiry has no one to wait for
 
 
 def describe(status: DomainStatus) -> str:
