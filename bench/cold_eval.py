@@ -38,6 +38,7 @@ from common import (
     bench_domains,
     bench_zone,
     ms,
+    print_report,
     shared_domains,
     wide_domain,
 )
@@ -332,9 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures, lines = measure(args.domains, args.concurrency, args.delay_ms, args.wide,
                              same=args.same, shared=args.shared)
-    print("\n".join(lines))
-    for f in figures:
-        print(f.line())
+    print_report(figures, lines)
     return 0
 
 

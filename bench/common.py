@@ -112,6 +112,13 @@ class Figure:
         return f"{self.what}: {self.value} vs {self.baseline}, ratio {self.ratio:.3g}{target}"
 
 
+def print_report(figures: Sequence[Figure], lines: Sequence[str]) -> None:
+    """A module's own output when run alone: its table lines, then one line a figure."""
+    print("\n".join(lines))
+    for figure in figures:
+        print(figure.line())
+
+
 def print_figures(figures: Sequence[Figure], out_json: str | None = None) -> None:
     headers = ("measurement", "what", "value", "baseline", "ratio", "target", "met")
     rows = [(f.measurement, f.what, f.value, f.baseline, f"{f.ratio:.3g}", f.target,

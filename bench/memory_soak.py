@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common import Figure, bench_zone, rss_bytes, wild_domains
+from common import Figure, bench_zone, print_report, rss_bytes, wild_domains
 
 from danemilter.cache import CacheSettings, SQLiteBackend, StatusCache
 from tests.support.dnsbed import DnssecTestBed
@@ -360,9 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures, lines = measure(args.domains, args.soak, args.backends.split(","), args.min_ttl,
                              args.reloads)
-    print("\n".join(lines))
-    for f in figures:
-        print(f.line())
+    print_report(figures, lines)
     return 0
 
 

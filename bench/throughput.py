@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import Figure, bench_domains, bench_zone
+from common import Figure, bench_domains, bench_zone, print_report
 
 from tests.support.dnsbed import DnssecTestBed
 from tests.support.milterproc import MilterProcess
@@ -317,9 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     figures, lines = measure(args.messages, args.recipients, args.sessions, args.rounds)
-    print("\n".join(lines))
-    for f in figures:
-        print(f.line())
+    print_report(figures, lines)
     return 0
 
 
