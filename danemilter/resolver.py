@@ -8,7 +8,6 @@ validates signatures itself, it reports what the resolver vouched for.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,10 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.TLSA import TLSA
 
+from danemilter.config.model import ResolverSettings
 from danemilter.errors import InputError
+
+__all__ = ["Answer", "Resolver", "ResolverSettings", "Security", "interpret"]
 
 log = logging.getLogger(__name__)
 
@@ -65,52 +67,6 @@ class Security(StrEnum):
     INSECURE = "insecure"
     BOGUS = "bogus"
     INDETERMINATE = "indeterminate"
-
-
-@dataclass(frozen=True, slots=True)
-class ResolverSettings:
-    address: str = "127.0.0.1"
-    port: int = 53
-    timeout: float = 3.0
-
-    def __post_init__(self) -> None:
-        try:
-            ipaddress.ip_address(self.address)
-        except ValueError:
-            raise InputError(f"resolver address must be an IP address: {self.address!r}") from None
-        if not 0 < self.port < 65536:
-            raise InputError(f"resolver port out of range: {self.port}")
-        if not self.timeout > 0:
-            raise InputError(f"resolver timeout must be positive: {self.timeout}")
-
-    @property
-    def is_loopback(self) -> bool:
-        return ipaddress.ip_address(self.address).is_loopback
-
-    @classmethod
-    def from_spec(cls, spec: str, timeout: float = 3.0) -> ResolverSettings:
-        """Parse ``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT``."""
-        text = spec.strip()
-        host, port = text, 53
-        if text.startswith("["):
-            end = text.find("]")
-            if end < 0:
-                raise InputError(f"unbalanced brackets in resolver {spec!r}")
-            host, rest = text[1:end], text[end + 1 :]
-            if rest:
-                if not rest.startswith(":"):
-                    raise InputError(f"cannot parse resolver {spec!r}")
-                port = _parse_port(rest[1:], spec)
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
-            port = _parse_port(port_text, spec)
-        return cls(address=host, port=port, timeout=timeout)
-
-
-def _parse_port(text: str, spec: str) -> int:
-    if not text.isdigit():
-        raise InputError(f"resolver port is not a number in {spec!r}")
-    return int(text)
 
 
 @dataclass(frozen=True, slots=True)

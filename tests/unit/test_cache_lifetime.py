@@ -16,7 +16,7 @@ import yaml
 
 from danemilter.cache import CacheSettings, CodecError, decode, encode, lifetime
 from danemilter.cache.settings import parse_cache_section
-from danemilter.config import _Loader
+from danemilter.config.loader import _Loader
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.errors import ConfigError
 from danemilter.tlsa import TLSARecord

@@ -1,147 +1,45 @@
 """The policy file (/etc/danemilter/danemilter.yaml) loaded once into frozen, validated values.
 
 The YAML is walked as a node tree rather than loaded into dicts, so that every
-error (unknown key, wrong type, bad value) names the file and the line.
+error (unknown key, wrong type, bad value) names the file and the line. The values
+themselves live in :mod:`danemilter.config.model`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
 import yaml
 
-from danemilter.cache.settings import CacheSettings, parse_cache_section
+from danemilter.config.model import (
+    DEFAULT_PATH,
+    LISTEN_SPEC,
+    MAX_CACHE_ENTRIES,
+    ApplyTo,
+    BackendName,
+    CacheSettings,
+    DaneMode,
+    ErrorAction,
+    FailAction,
+    MilterLimits,
+    OcspMode,
+    Policy,
+    ProbeMode,
+    ProbeSettings,
+    ResolverSettings,
+    Rule,
+    Settings,
+    Transport,
+)
 from danemilter.errors import ConfigError, InputError
 from danemilter.names import normalize_domain
-from danemilter.resolver import ResolverSettings
-
-DEFAULT_PATH = Path("/etc/danemilter/danemilter.yaml")
-BUILT_IN = "built-in defaults"  # Settings.source when no file was read
-
-
-class DaneMode(StrEnum):
-    """Exim's hosts_try_dane / hosts_require_dane, per destination domain."""
-
-    OFF = "off"
-    TRY = "try"
-    REQUIRE = "require"
-
-
-class OcspMode(StrEnum):
-    """Exim's hosts_request_ocsp / hosts_require_ocsp; ``strict`` enforces without an OCSP URL."""
-
-    OFF = "off"
-    AUTO = "auto"
-    REQUIRE = "require"
-    STRICT = "strict"
-
-
-class FailAction(StrEnum):
-    TAG = "tag"
-    DEFER = "defer"
-    REJECT = "reject"
-    HOLD = "hold"
-
-
-class ErrorAction(StrEnum):
-    TEMPFAIL = "tempfail"
-    ACCEPT = "accept"
-
-
-class ProbeMode(StrEnum):
-    """Whether decisions use TLS probes of the MX hosts (certificate vs TLSA, OCSP staple).
-
-    ``cached``: only results already in the cache (from ``danemilter verify`` or earlier
-    inline probes); ``inline``: probe at RCPT time within what is left of the deadline.
-    """
-
-    OFF = "off"
-    CACHED = "cached"
-    INLINE = "inline"
-
-
-class ApplyTo(StrEnum):
-    ALL = "all"
-    AUTHENTICATED = "authenticated"
-    NETWORKS = "networks"
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    dane: DaneMode = DaneMode.TRY
-    ocsp: OcspMode = OcspMode.OFF
-    on_fail: FailAction = FailAction.TAG
-    reply: str | None = None
-    probe: ProbeMode = ProbeMode.OFF
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    default: Rule = field(default_factory=Rule)
-    domains: Mapping[str, Rule] = field(default_factory=dict)
-
-    def rule_for(self, domain: str) -> Rule:
-        """Most specific match wins: the exact domain, then the longest ``.suffix``."""
-        exact = self.domains.get(domain)
-        if exact is not None:
-            return exact
-        labels = domain.split(".")
-        for i in range(1, len(labels)):
-            rule = self.domains.get("." + ".".join(labels[i:]))
-            if rule is not None:
-                return rule
-        return self.default
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeSettings:
-    """How TLS probes connect: used by the milter's ``probe`` rules and ``verify``."""
-
-    port: int = 25
-    timeout: float = 10.0
-    concurrency: int = 16
-    helo: str = "danemilter.invalid"
-    allow_private: bool = False
-    cache_ttl: int = 3600
-
-
-_SOCKET = re.compile(r"^(?:inet6?:\d{1,5}(?:@[\w.:\[\]-]+)?|(?:unix|local):/.+)$")
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    listen: str = "inet:8891@127.0.0.1"
-    socket_mode: int | None = None
-    socket_group: str | None = None
-    resolver: ResolverSettings = field(default_factory=ResolverSettings)
-    deadline: float = 10.0
-    header: str = "X-DANE-Status"
-    report_only: bool = False
-    on_error: ErrorAction = ErrorAction.TEMPFAIL
-    apply_to: ApplyTo = ApplyTo.ALL
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    skip_domains: frozenset[str] = frozenset()
-    policy: Policy = field(default_factory=Policy)
-    probe: ProbeSettings = field(default_factory=ProbeSettings)
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    log_level: str = "info"
-    source: str = BUILT_IN
-
-    def skips(self, domain: str) -> bool:
-        """Local domains (exact or ``.suffix``) are not delivered over SMTP by us."""
-        if domain in self.skip_domains:
-            return True
-        labels = domain.split(".")
-        return any("." + ".".join(labels[i:]) in self.skip_domains
-                   for i in range(1, len(labels)))
-
 
 # --- YAML node walking -------------------------------------------------------
 
@@ -226,6 +124,12 @@ class _Loader:
             raise self.error(node, f"{what} must be between {low:g} and {high:g}")
         return number
 
+    def whole(self, node: yaml.Node, what: str, low: int, high: int) -> int:
+        number = self.number(node, what, low, high)
+        if number != int(number):
+            raise self.error(node, f"{what} must be a whole number")
+        return int(number)
+
     def choice(self, node: yaml.Node, what: str, enum: type[E]) -> E:
         # YAML 1.1 reads a bare `off` as false; accept it as the word the user wrote.
         value = self.scalar(node, what)
@@ -283,9 +187,9 @@ def _rule(loader: _Loader, node: yaml.Node, what: str, base: Rule) -> Rule:
 
 def _listen(loader: _Loader, node: yaml.Node) -> str:
     listen = loader.string(node, "listen")
-    if not _SOCKET.match(listen):
-        raise loader.error(node, "listen must be inet:PORT@HOST, inet6:PORT@HOST "
-                           f"or unix:/PATH, not {listen!r}")
+    if not LISTEN_SPEC.match(listen):
+        raise loader.error(node, "listen must be inet:PORT@HOST, inet6:PORT@HOST, "
+                           f"unix:/PATH or systemd, not {listen!r}")
     return listen
 
 
@@ -375,6 +279,64 @@ def _probe(loader: _Loader, node: yaml.Node) -> ProbeSettings:
     return replace(ProbeSettings(), **values)  # type: ignore[arg-type]
 
 
+_LIMIT_KEYS = frozenset(f.name for f in fields(MilterLimits))
+
+
+def _limits(loader: _Loader, node: yaml.Node) -> MilterLimits:
+    entries = loader.mapping(node, "limits", _LIMIT_KEYS)
+    values: dict[str, object] = {}
+    with loader.collecting():
+        if "max_connections" in entries:
+            values["max_connections"] = loader.whole(entries["max_connections"][1],
+                                                     "limits.max_connections", 1, 100_000)
+        if "idle_timeout" in entries:
+            values["idle_timeout"] = loader.number(entries["idle_timeout"][1],
+                                                   "limits.idle_timeout", 1, 86_400)
+        if "max_packet" in entries:
+            # Below 64 KiB a legitimate header or body chunk from Postfix would not fit.
+            values["max_packet"] = loader.whole(entries["max_packet"][1], "limits.max_packet",
+                                                65_536, 64 * 1024 * 1024)
+    return replace(MilterLimits(), **values)  # type: ignore[arg-type]
+
+
+_CACHE_INT_KEYS = ("max_entries", "lru_entries", "min_ttl", "max_ttl", "negative_max_ttl",
+                   "tempfail_ttl")
+CACHE_KEYS = frozenset(f.name for f in fields(CacheSettings))
+
+
+def parse_cache_section(loader: _Loader, node: yaml.Node) -> CacheSettings:
+    """The ``cache:`` mapping, with every error naming the file and line."""
+    entries = loader.mapping(node, "cache", CACHE_KEYS)
+    values: dict[str, object] = {}
+    if "backend" in entries:
+        with loader.collecting():
+            values["backend"] = loader.choice(entries["backend"][1], "cache.backend",
+                                              BackendName).value
+    for key in ("path", "url", "key_prefix"):
+        if key in entries:
+            with loader.collecting():
+                values[key] = loader.string(entries[key][1], f"cache.{key}")
+    for key in _CACHE_INT_KEYS:
+        if key in entries:
+            with loader.collecting():
+                values[key] = loader.whole(entries[key][1], f"cache.{key}", 0,
+                                           MAX_CACHE_ENTRIES)
+    if "refresh_ahead" in entries:
+        with loader.collecting():
+            values["refresh_ahead"] = loader.number(entries["refresh_ahead"][1],
+                                                    "cache.refresh_ahead", 0, 0.9)
+    backend = values.get("backend", BackendName.SQLITE.value)
+    for key, needs in (("path", BackendName.SQLITE), ("url", BackendName.REDIS),
+                       ("key_prefix", BackendName.REDIS)):
+        if key in entries and backend != needs:
+            loader.errors.append(loader.error(
+                entries[key][0], f"cache.{key} applies only to backend {needs.value}"))
+    try:
+        return CacheSettings(**values)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise loader.error(node, str(exc)) from None
+
+
 def _log_level(loader: _Loader, node: yaml.Node) -> str:
     level = loader.string(node, "log_level").lower()
     if level not in _LOG_LEVELS:
@@ -384,6 +346,8 @@ def _log_level(loader: _Loader, node: yaml.Node) -> str:
 
 _FIELDS: dict[str, Callable[[_Loader, yaml.Node], object]] = {
     "listen": _listen,
+    "transport": lambda loader, node: loader.choice(node, "transport", Transport),
+    "limits": _limits,
     "socket_mode": _socket_mode,
     "socket_group": lambda loader, node: loader.string(node, "socket_group"),
     "resolver": _resolver,
