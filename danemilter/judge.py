@@ -11,20 +11,36 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from enum import StrEnum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from danemilter import ocsp, tlsa
+from danemilter import certs, ocsp, tlsa
+from danemilter.errors import CertificateError
+from danemilter.ocsp import CheckStatus
 from danemilter.tlsa import TLSARecord
 
-DaneVerdict = Literal["verified", "mismatch", "not-applicable", "failed"]
-OcspState = Literal["good", "revoked", "invalid", "stale", "absent", "not-requested"]
 
-# RFC 7633: the TLS Feature extension; value 5 is status_request (OCSP must-staple).
-_TLS_FEATURE_STATUS_REQUEST = 5
+class DaneVerdict(StrEnum):
+    """A probe's ``dane`` (``danemilter verify --json``)."""
+
+    VERIFIED = "verified"
+    MISMATCH = "mismatch"
+    NOT_APPLICABLE = "not-applicable"
+    FAILED = "failed"
+
+
+class OcspState(StrEnum):
+    """A probe's ``ocsp``: what the staple proved (``danemilter verify --json``)."""
+
+    GOOD = "good"
+    REVOKED = "revoked"
+    INVALID = "invalid"
+    STALE = "stale"
+    ABSENT = "absent"
+    NOT_REQUESTED = "not-requested"
+
+
 # OCSP verdict reasons that mean "was a proof once, has lapsed" rather than "never was".
 _STALE_REASONS = frozenset({"expired", "too-old"})
 
@@ -78,28 +94,6 @@ def reference_names(domain: str, mx_secure: bool, host_name: str,
     return tuple(names)
 
 
-def ocsp_url(cert: x509.Certificate) -> str | None:
-    """The first OCSP responder URL in the certificate's AIA extension, if any."""
-    try:
-        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
-    except (x509.ExtensionNotFound, ValueError):
-        return None
-    for description in aia:
-        if (description.access_method == AuthorityInformationAccessOID.OCSP
-                and isinstance(description.access_location, x509.UniformResourceIdentifier)):
-            return str(description.access_location.value)
-    return None
-
-
-def must_staple(cert: x509.Certificate) -> bool:
-    """RFC 7633 TLS Feature ``status_request``: the certificate demands a staple."""
-    try:
-        feature = cert.extensions.get_extension_for_class(x509.TLSFeature).value
-    except (x509.ExtensionNotFound, ValueError):
-        return False
-    return any(int(f.value) == _TLS_FEATURE_STATUS_REQUEST for f in feature)
-
-
 def find_issuer(chain: Sequence[x509.Certificate],
                 records: Iterable[TLSARecord] = ()) -> x509.Certificate | None:
     """The certificate that signed the leaf: a presented one, else a DANE-TA ``2 0 0`` anchor.
@@ -110,23 +104,17 @@ def find_issuer(chain: Sequence[x509.Certificate],
     """
     if not chain:
         return None
-    leaf = chain[0]
     candidates = list(chain[1:])
     for record in records:
         if record.usage == tlsa.Usage.DANE_TA and record.selector == tlsa.Selector.CERT \
                 and record.mtype == tlsa.MatchingType.FULL:
             try:
-                candidates.append(x509.load_der_x509_certificate(record.data))
-            except ValueError:
+                candidates.append(certs.load_der_certificate(record.data, "DANE-TA record"))
+            except CertificateError:
                 continue
-    for candidate in candidates:
-        if candidate.subject != leaf.issuer:
-            continue
-        try:
-            leaf.verify_directly_issued_by(candidate)
-        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-            continue
-        return candidate
+    issuer = certs.find_issuer(chain[0], candidates)
+    if issuer is not None:
+        return issuer
     return chain[1] if len(chain) > 1 else None
 
 
@@ -135,37 +123,40 @@ def judge_dane(chain: Sequence[x509.Certificate], records: Sequence[TLSARecord],
     """The chain against the host's TLSA records with SMTP semantics."""
     usable = [r for r in records if r.usable]
     if not usable:
-        return "not-applicable", None, "no usable TLSA records: DANE does not apply"
+        return (DaneVerdict.NOT_APPLICABLE, None,
+                "no usable TLSA records: DANE does not apply")
     if not chain:
-        return "failed", None, "the server presented no certificate"
+        return DaneVerdict.FAILED, None, "the server presented no certificate"
     result = tlsa.match_chain(chain, records, names, now)
     if result.verified:
-        return "verified", result.depth, result.reason
-    return "mismatch", result.depth, result.reason
+        return DaneVerdict.VERIFIED, result.depth, result.reason
+    return DaneVerdict.MISMATCH, result.depth, result.reason
 
 
 def judge_staple(staple: bytes | None, chain: Sequence[x509.Certificate],
                  records: Sequence[TLSARecord], now: datetime) -> tuple[OcspState, str]:
     """A stapled OCSP response for the leaf. ``None`` means no staple was requested."""
     if staple is None:
-        return "not-requested", "no staple requested"
+        return OcspState.NOT_REQUESTED, "no staple requested"
     if not staple:
-        return "absent", "the server stapled no OCSP response"
+        return OcspState.ABSENT, "the server stapled no OCSP response"
     if not chain:
-        return "invalid", "a staple without a certificate to check it against"
+        return OcspState.INVALID, "a staple without a certificate to check it against"
     issuer = find_issuer(chain, records)
     if issuer is None:
-        return "invalid", "the server sent no issuer certificate to check the staple against"
+        return (OcspState.INVALID,
+                "the server sent no issuer certificate to check the staple against")
     verdict = ocsp.verify_response(staple, chain[0], issuer, now)
-    if verdict.status == "good":
-        return "good", verdict.detail or "the staple says good"
-    if verdict.status == "revoked":
-        return "revoked", verdict.detail
-    if verdict.status == "unknown":
-        return "invalid", f"the responder does not know the certificate ({verdict.detail})"
+    if verdict.status == CheckStatus.GOOD:
+        return OcspState.GOOD, verdict.detail or "the staple says good"
+    if verdict.status == CheckStatus.REVOKED:
+        return OcspState.REVOKED, verdict.detail
+    if verdict.status == CheckStatus.UNKNOWN:
+        return (OcspState.INVALID,
+                f"the responder does not know the certificate ({verdict.detail})")
     if verdict.reason in _STALE_REASONS:
-        return "stale", verdict.detail
-    return "invalid", f"{verdict.reason}: {verdict.detail}"
+        return OcspState.STALE, verdict.detail
+    return OcspState.INVALID, f"{verdict.reason}: {verdict.detail}"
 
 
 def judge(chain: Sequence[x509.Certificate], records: Sequence[TLSARecord],
@@ -180,6 +171,6 @@ def judge(chain: Sequence[x509.Certificate], records: Sequence[TLSARecord],
         dane_reason=dane_reason,
         ocsp=state,
         ocsp_reason=ocsp_reason,
-        ocsp_url=ocsp_url(leaf) if leaf is not None else None,
-        must_staple=must_staple(leaf) if leaf is not None else False,
+        ocsp_url=certs.ocsp_url(leaf) if leaf is not None else None,
+        must_staple=certs.must_staple(leaf) if leaf is not None else False,
     )

@@ -30,21 +30,39 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from enum import StrEnum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
+from danemilter.certs import (
+    SignatureParams,
+    Tlv,
+    UnsupportedSignature,
+    children,
+    issued_by,
+    public_key_bits,
+    read_tlv,
+    verify_signature,
+)
 from danemilter.errors import CertificateError, InputError
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["good", "revoked", "unknown", "invalid"]
+
+class CheckStatus(StrEnum):
+    """What ``danemilter ocsp check`` reports (its JSON ``status``)."""
+
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+    INVALID = "invalid"
+
 
 DEFAULT_SKEW = timedelta(minutes=5)
 
@@ -74,11 +92,14 @@ _ECDSA_OIDS = frozenset({
     SignatureAlgorithmOID.ECDSA_WITH_SHA512,
 })
 
-_STATUS_NAMES: dict[ocsp.OCSPCertStatus, Status] = {
-    ocsp.OCSPCertStatus.GOOD: "good",
-    ocsp.OCSPCertStatus.REVOKED: "revoked",
-    ocsp.OCSPCertStatus.UNKNOWN: "unknown",
+_STATUS_NAMES: dict[ocsp.OCSPCertStatus, CheckStatus] = {
+    ocsp.OCSPCertStatus.GOOD: CheckStatus.GOOD,
+    ocsp.OCSPCertStatus.REVOKED: CheckStatus.REVOKED,
+    ocsp.OCSPCertStatus.UNKNOWN: CheckStatus.UNKNOWN,
 }
+# The strictest matching SingleResponse decides (see the module docstring).
+_SEVERITY = {CheckStatus.GOOD: 0, CheckStatus.UNKNOWN: 1, CheckStatus.INVALID: 2,
+             CheckStatus.REVOKED: 3}
 
 # Responder statuses that mean "ask again later" rather than "your request is refused".
 TEMPORARY_RESPONDER_STATUSES = frozenset({"TRY_LATER", "INTERNAL_ERROR"})
@@ -93,7 +114,7 @@ class OCSPVerdict:
     ``expires`` is the end of the proof's life (see the module docstring).
     """
 
-    status: Status
+    status: CheckStatus
     reason: str
     detail: str = ""
     this_update: datetime | None = None
@@ -111,11 +132,11 @@ class OCSPVerdict:
 
     @property
     def good(self) -> bool:
-        return self.status == "good"
+        return self.status == CheckStatus.GOOD
 
     def remaining(self, now: datetime) -> timedelta | None:
         """Life left in the proof at ``now``; None for a response that proves nothing."""
-        if self.status == "invalid" or self.expires is None:
+        if self.status == CheckStatus.INVALID or self.expires is None:
             return None
         return self.expires - now
 
@@ -152,57 +173,12 @@ class _Refused(Exception):
 
 
 # --------------------------------------------------------------------------- DER
-# A minimal strict DER reader: cryptography does not expose per-SingleResponse
-# extensions (nor parses the SCT extension leniently), and re-encoding the certs
-# field of a signed response needs the raw pieces.
+# The strict DER reader (danemilter.certs) is needed here: cryptography does not expose
+# per-SingleResponse extensions (nor parses the SCT extension leniently), and
+# re-encoding the certs field of a signed response needs the raw pieces.
 
 _SEQUENCE = 0x30
 _DER = Encoding.DER
-_SPKI = PublicFormat.SubjectPublicKeyInfo
-
-
-@dataclass(frozen=True, slots=True)
-class _TLV:
-    tag: int
-    start: int  # offset of the tag byte
-    content: int  # offset of the first content byte
-    end: int  # offset just past the content
-
-
-def _read_tlv(data: bytes, pos: int, limit: int | None = None) -> _TLV:
-    limit = len(data) if limit is None else limit
-    if pos + 2 > limit:
-        raise ValueError("truncated DER")
-    tag = data[pos]
-    if tag & 0x1F == 0x1F:
-        raise ValueError("multi-byte DER tags are not used by OCSP")
-    first = data[pos + 1]
-    offset = pos + 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4:
-            raise ValueError("indefinite or oversized DER length")
-        if offset + count > limit:
-            raise ValueError("truncated DER length")
-        length = int.from_bytes(data[offset:offset + count], "big")
-        if length < 0x80 or data[offset] == 0:
-            raise ValueError("non-minimal DER length")
-        offset += count
-    if offset + length > limit:
-        raise ValueError("truncated DER content")
-    return _TLV(tag, pos, offset, offset + length)
-
-
-def _children(data: bytes, parent: _TLV) -> list[_TLV]:
-    items = []
-    pos = parent.content
-    while pos < parent.end:
-        item = _read_tlv(data, pos, parent.end)
-        items.append(item)
-        pos = item.end
-    return items
 
 
 def _der_length(length: int) -> bytes:
@@ -216,7 +192,7 @@ def _der(tag: int, content: bytes) -> bytes:
     return bytes([tag]) + _der_length(len(content)) + content
 
 
-def _der_oid(data: bytes, tlv: _TLV) -> str:
+def _der_oid(data: bytes, tlv: Tlv) -> str:
     if tlv.tag != 0x06 or tlv.end == tlv.content:
         raise ValueError("expected an OBJECT IDENTIFIER")
     raw = data[tlv.content:tlv.end]
@@ -247,12 +223,12 @@ class _BasicLayout:
     single_extensions: tuple[tuple[tuple[str, bool], ...], ...]
 
 
-def _extensions(data: bytes, wrapper: _TLV) -> tuple[tuple[str, bool], ...]:
+def _extensions(data: bytes, wrapper: Tlv) -> tuple[tuple[str, bool], ...]:
     """(oid, critical) for an EXPLICIT-tagged ``Extensions``."""
-    (sequence,) = _children(data, wrapper)
+    (sequence,) = children(data, wrapper)
     result = []
-    for ext in _children(data, sequence):
-        parts = _children(data, ext)
+    for ext in children(data, sequence):
+        parts = children(data, ext)
         if ext.tag != _SEQUENCE or not 2 <= len(parts) <= 3:
             raise ValueError("malformed Extension")
         critical = False
@@ -265,18 +241,18 @@ def _extensions(data: bytes, wrapper: _TLV) -> tuple[tuple[str, bool], ...]:
 
 
 def _layout(der: bytes) -> _BasicLayout:
-    outer = _read_tlv(der, 0)
+    outer = read_tlv(der, 0)
     if outer.tag != _SEQUENCE or outer.end != len(der):
         raise ValueError("OCSPResponse is not one SEQUENCE")
-    status, bytes_wrapper = _children(der, outer)
-    (response_bytes,) = _children(der, bytes_wrapper)
-    response_type, octets = _children(der, response_bytes)
+    status, bytes_wrapper = children(der, outer)
+    (response_bytes,) = children(der, bytes_wrapper)
+    response_type, octets = children(der, response_bytes)
     if octets.tag != 0x04:
         raise ValueError("ResponseBytes.response is not an OCTET STRING")
-    basic = _read_tlv(der, octets.content, octets.end)
+    basic = read_tlv(der, octets.content, octets.end)
     if basic.end != octets.end:
         raise ValueError("trailing data after BasicOCSPResponse")
-    fields = _children(der, basic)
+    fields = children(der, basic)
     if len(fields) not in (3, 4):
         raise ValueError("malformed BasicOCSPResponse")
     tbs, signature_algorithm, signature = fields[:3]
@@ -284,12 +260,12 @@ def _layout(der: bytes) -> _BasicLayout:
     if len(fields) == 4:
         if fields[3].tag != 0xA0:
             raise ValueError("malformed BasicOCSPResponse certs")
-        (cert_list,) = _children(der, fields[3])
-        certs = tuple(der[c.start:c.end] for c in _children(der, cert_list))
+        (cert_list,) = children(der, fields[3])
+        certs = tuple(der[c.start:c.end] for c in children(der, cert_list))
 
     response_extensions: tuple[tuple[str, bool], ...] = ()
     singles: list[tuple[tuple[str, bool], ...]] = []
-    tbs_fields = _children(der, tbs)
+    tbs_fields = children(der, tbs)
     index = 1 if tbs_fields and tbs_fields[0].tag == 0xA0 else 0  # skip [0] version
     if len(tbs_fields) < index + 3 or tbs_fields[index + 2].tag != _SEQUENCE:
         raise ValueError("malformed ResponseData")
@@ -297,9 +273,9 @@ def _layout(der: bytes) -> _BasicLayout:
     for extra in tbs_fields[index + 3:]:
         if extra.tag == 0xA1:
             response_extensions = _extensions(der, extra)
-    for single in _children(der, responses):
+    for single in children(der, responses):
         single_extensions: tuple[tuple[str, bool], ...] = ()
-        for part in _children(der, single)[3:]:  # after certID, certStatus, thisUpdate
+        for part in children(der, single)[3:]:  # after certID, certStatus, thisUpdate
             if part.tag == 0xA1:
                 single_extensions = _extensions(der, part)
         singles.append(single_extensions)
@@ -340,6 +316,7 @@ _PEM_BLOCK = re.compile(
 
 
 def _pem_blocks(data: bytes, label: bytes) -> list[bytes]:
+    """Decoded PEM blocks with ``label``; cryptography has no PEM reader for OCSP."""
     blocks = []
     for match in _PEM_BLOCK.finditer(data):
         if match.group(1) == label:
@@ -364,47 +341,7 @@ def response_der_from_file(data: bytes) -> bytes:
     return data
 
 
-def certificate_from_file(data: bytes, what: str) -> x509.Certificate:
-    """The first certificate in a PEM (``CERTIFICATE`` block) or DER file."""
-    if b"-----BEGIN " in data:
-        blocks = _pem_blocks(data, b"CERTIFICATE")
-        if not blocks:
-            raise CertificateError(f"{what}: no CERTIFICATE PEM block")
-        data = blocks[0]
-    try:
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise CertificateError(f"{what}: not a parseable X.509 certificate ({exc})") from exc
-
-
-def certificates_from_file(data: bytes, what: str) -> list[x509.Certificate]:
-    """Every certificate in a PEM file (or the one in a DER file)."""
-    if b"-----BEGIN " not in data:
-        return [certificate_from_file(data, what)]
-    certs = []
-    for block in _pem_blocks(data, b"CERTIFICATE"):
-        try:
-            certs.append(x509.load_der_x509_certificate(block))
-        except ValueError as exc:
-            raise CertificateError(f"{what}: not a parseable X.509 certificate ({exc})") from exc
-    if not certs:
-        raise CertificateError(f"{what}: no CERTIFICATE PEM block")
-    return certs
-
-
 # ----------------------------------------------------------------- helpers
-
-
-def public_key_bits(cert: x509.Certificate) -> bytes:
-    """The subjectPublicKey BIT STRING value without its unused-bits octet.
-
-    That is what CertID.issuerKeyHash and ResponderID byKey hash (RFC 6960 erratum 6166).
-    """
-    spki = cert.public_key().public_bytes(_DER, _SPKI)
-    outer = _read_tlv(spki, 0)
-    _algorithm, bit_string = _children(spki, outer)
-    return spki[bit_string.content + 1:bit_string.end]
-
 
 
 def _describe(cert: x509.Certificate) -> str:
@@ -423,27 +360,35 @@ def _check_signature(response: ocsp.OCSPResponse, signer: x509.Certificate) -> N
     oid = response.signature_algorithm_oid
     key = signer.public_key()
     try:
+        # The OID, not the key, says what was signed how: a key of the right type is
+        # required too, so an Ed448 key cannot pass for an Ed25519 signature.
+        params: SignatureParams
+        digest: hashes.HashAlgorithm | None = None
         if oid in _RSA_OIDS and isinstance(key, rsa.RSAPublicKey):
-            algorithm = response.signature_hash_algorithm
-            assert algorithm is not None  # every OID in _RSA_OIDS names a hash
-            key.verify(response.signature, response.tbs_response_bytes,
-                       padding.PKCS1v15(), algorithm)
+            params = padding.PKCS1v15()
+            digest = response.signature_hash_algorithm
         elif oid in _ECDSA_OIDS and isinstance(key, ec.EllipticCurvePublicKey):
             algorithm = response.signature_hash_algorithm
-            assert algorithm is not None
-            key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(algorithm))
+            assert algorithm is not None  # every OID in _ECDSA_OIDS names a hash
+            params = ec.ECDSA(algorithm)
         elif ((oid == SignatureAlgorithmOID.ED25519
                and isinstance(key, ed25519.Ed25519PublicKey))
               or (oid == SignatureAlgorithmOID.ED448 and isinstance(key, ed448.Ed448PublicKey))):
-            key.verify(response.signature, response.tbs_response_bytes)
+            params = None
         else:
-            raise _Refused("unsupported-signature",
-                           f"signature algorithm {oid.dotted_string} with a "
-                           f"{type(key).__name__} signer key is not supported")
-    except InvalidSignature as exc:
-        raise _Refused("bad-signature", "the response signature does not verify") from exc
+            raise UnsupportedSignature("no scheme for this algorithm and key")
+        verified = verify_signature(key, response.signature, response.tbs_response_bytes,
+                                    params, digest)
+    except UnsupportedSignature as exc:
+        raise _Refused("unsupported-signature",
+                       f"signature algorithm {oid.dotted_string} with a "
+                       f"{type(key).__name__} signer key is not supported") from exc
+    except CertificateError as exc:
+        raise _Refused("unsupported-signature", str(exc)) from exc
     except (UnsupportedAlgorithm, ValueError) as exc:
         raise _Refused("unsupported-signature", f"cannot verify the signature: {exc}") from exc
+    if not verified:
+        raise _Refused("bad-signature", "the response signature does not verify")
 
 
 def _matches(single: ocsp.OCSPSingleResponse, cert: x509.Certificate,
@@ -496,12 +441,10 @@ def _find_signer(response: ocsp.OCSPResponse, issuer: x509.Certificate,
     failure: _Refused | None = None
     for candidate, inc in candidates:
         try:
-            try:
-                candidate.verify_directly_issued_by(issuer)
-            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+            if not issued_by(candidate, issuer):
                 raise _Refused("signer-not-issued-by-issuer",
                                f"delegated responder {_describe(candidate)} is not issued by "
-                               f"{issuer.subject.rfc4514_string()}") from exc
+                               f"{issuer.subject.rfc4514_string()}")
             if not _has_ocsp_signing(candidate):
                 raise _Refused("signer-not-authorized",
                                f"delegated responder {_describe(candidate)} lacks the "
@@ -537,12 +480,14 @@ def verify_response(
         return _verify(response_der, cert, issuer, now, skew=skew, max_age=max_age,
                        extra_certs=tuple(extra_certs))
     except _Refused as refused:
-        return OCSPVerdict("invalid", refused.reason, refused.detail)
-    except (ValueError, UnsupportedAlgorithm) as exc:
+        return OCSPVerdict(CheckStatus.INVALID, refused.reason, refused.detail)
+    except (ValueError, UnsupportedAlgorithm, CertificateError) as exc:
         # cryptography parses parts of a response (and of the certificates inside it)
-        # lazily; _force_parse surfaces the parts we use, this is the net for the rest.
+        # lazily; _force_parse surfaces the parts we use, this is the net for the rest
+        # (certs.public_key_bits turns an unreadable key into CertificateError).
         logger.debug("late parse failure: %s", exc)
-        return OCSPVerdict("invalid", "malformed", f"the response does not parse: {exc}")
+        return OCSPVerdict(CheckStatus.INVALID, "malformed",
+                           f"the response does not parse: {exc}")
 
 
 def _verify(
@@ -561,7 +506,7 @@ def _verify(
         raise _Refused("malformed", f"the response does not parse: {exc}") from exc
     if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         name = response.response_status.name
-        return OCSPVerdict("invalid", "responder-error",
+        return OCSPVerdict(CheckStatus.INVALID, "responder-error",
                            f"the responder answered {name} instead of a status",
                            responder_status=name)
     try:
@@ -598,16 +543,14 @@ def _verify(
                        f"producedAt {produced_at:%Y-%m-%dT%H:%M:%SZ} is outside the "
                        "certificate's validity")
 
-    # The strictest matching SingleResponse decides (see the module docstring).
-    rank = {"good": 0, "unknown": 1, "invalid": 2, "revoked": 3}
     chosen: tuple[int, OCSPVerdict] | None = None
     for index in matching:
         verdict = _judge_single(singles[index], now, skew, max_age)
-        if chosen is None or rank[verdict.status] > chosen[0]:
-            chosen = (rank[verdict.status], verdict)
+        if chosen is None or _SEVERITY[verdict.status] > chosen[0]:
+            chosen = (_SEVERITY[verdict.status], verdict)
     assert chosen is not None
     verdict = chosen[1]
-    if verdict.status == "invalid":
+    if verdict.status == CheckStatus.INVALID:
         raise _Refused(verdict.reason, verdict.detail)
     assert verdict.this_update is not None and verdict.expires is not None
 
@@ -668,7 +611,7 @@ def _judge_single(single: ocsp.OCSPSingleResponse, now: datetime, skew: timedelt
     next_update = single.next_update_utc
 
     def invalid(reason: str, detail: str) -> OCSPVerdict:
-        return OCSPVerdict("invalid", reason, detail, this_update=this_update,
+        return OCSPVerdict(CheckStatus.INVALID, reason, detail, this_update=this_update,
                            next_update=next_update)
 
     if this_update > now + skew:
@@ -692,7 +635,7 @@ def _judge_single(single: ocsp.OCSPSingleResponse, now: datetime, skew: timedelt
     status = _STATUS_NAMES[single.certificate_status]
     revocation_time = revocation_reason = None
     detail = f"the responder says {status}"
-    if status == "revoked":
+    if status == CheckStatus.REVOKED:
         revocation_time = single.revocation_time_utc
         reason_flag = single.revocation_reason
         revocation_reason = reason_flag.name if reason_flag is not None else None
@@ -708,17 +651,20 @@ def _judge_single(single: ocsp.OCSPSingleResponse, now: datetime, skew: timedelt
 # ----------------------------------------------------------------- staple choice
 
 
+class StapleAction(StrEnum):
+    REPLACE = "replace"
+    KEEP = "keep"  # the new response is usable but not better than the current one
+    REFUSE = "refuse"  # the new response is not a usable proof
+
+
 @dataclass(frozen=True, slots=True)
 class StapleChoice:
-    """``replace``; ``keep`` (the new response is usable but not better than the
-    current one); or ``refuse`` (the new response is not a usable proof)."""
-
-    action: Literal["replace", "keep", "refuse"]
+    action: StapleAction
     why: str
 
     @property
     def replace(self) -> bool:
-        return self.action == "replace"
+        return self.action == StapleAction.REPLACE
 
 
 def choose_staple(current: OCSPVerdict | None, new: OCSPVerdict, now: datetime,
@@ -731,32 +677,34 @@ def choose_staple(current: OCSPVerdict | None, new: OCSPVerdict, now: datetime,
     shorter-lived, and not signed by a certificate that expires sooner.
     """
     if not new.good:
-        what = new.status if new.status != "invalid" else f"invalid ({new.reason})"
-        return StapleChoice("refuse", f"the new response is {what}: {new.detail}")
+        what = (new.status if new.status != CheckStatus.INVALID
+                else f"invalid ({new.reason})")
+        return StapleChoice(StapleAction.REFUSE, f"the new response is {what}: {new.detail}")
     new_left = new.remaining(now)
     assert new_left is not None and new.expires is not None and new.this_update is not None
     if new_left < min_remaining:
-        return StapleChoice("refuse", f"the new response expires in {new_left}, "
-                                      f"less than the minimum {min_remaining}")
+        return StapleChoice(StapleAction.REFUSE, f"the new response expires in {new_left}, "
+                                                 f"less than the minimum {min_remaining}")
     if current is None:
-        return StapleChoice("replace", "no current staple")
+        return StapleChoice(StapleAction.REPLACE, "no current staple")
     if not current.good:
-        return StapleChoice("replace",
+        return StapleChoice(StapleAction.REPLACE,
                             f"the current staple is {current.status} ({current.reason})")
     current_left = current.remaining(now)
     assert current_left is not None and current.expires is not None
     if current_left < min_remaining:
         # Renewal beats the "not worse" rules: a staple about to lapse helps nobody.
-        return StapleChoice("replace", f"the current staple expires in {current_left}")
+        return StapleChoice(StapleAction.REPLACE,
+                            f"the current staple expires in {current_left}")
     if identical:
-        return StapleChoice("keep", "the responder returned the current staple again")
+        return StapleChoice(StapleAction.KEEP, "the responder returned the current staple again")
     assert current.this_update is not None
     if new.this_update < current.this_update:
-        return StapleChoice("keep", "the new response is older than the current staple")
+        return StapleChoice(StapleAction.KEEP, "the new response is older than the current staple")
     if new.expires < current.expires:
-        return StapleChoice("keep", "the new response expires before the current staple")
+        return StapleChoice(StapleAction.KEEP, "the new response expires before the current staple")
     if (new.signer_not_after is not None and current.signer_not_after is not None
             and new.signer_not_after < current.signer_not_after):
-        return StapleChoice("keep", "the new response's signer certificate expires before "
-                                    "the current staple's")
-    return StapleChoice("replace", "the new response is at least as fresh")
+        return StapleChoice(StapleAction.KEEP, "the new response's signer certificate "
+                                               "expires before the current staple's")
+    return StapleChoice(StapleAction.REPLACE, "the new response is at least as fresh")

@@ -20,18 +20,19 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as x509_ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from danemilter.certs import load_der_certificate, ocsp_urls
 from danemilter.errors import DanemilterError, InputError
 from danemilter.ocsp import (
     TEMPORARY_RESPONDER_STATUSES,
     OCSPVerdict,
+    StapleAction,
     choose_staple,
     verify_response,
     with_certificate,
@@ -56,20 +57,6 @@ class NoOCSPURLError(DanemilterError):
     """The certificate names no OCSP responder and none was given."""
 
     exit_code = 4
-
-
-def ocsp_urls(cert: x509.Certificate) -> list[str]:
-    """The OCSP responder URLs in the certificate's Authority Information Access."""
-    try:
-        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
-    except x509.ExtensionNotFound:
-        return []
-    return [
-        str(description.access_location.value)
-        for description in aia
-        if description.access_method == AuthorityInformationAccessOID.OCSP
-        and isinstance(description.access_location, x509.UniformResourceIdentifier)
-    ]
 
 
 def build_request(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
@@ -202,7 +189,7 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-class Outcome(Enum):
+class Outcome(StrEnum):
     REPLACED = "replaced"
     KEPT = "kept"  # the current staple is good and at least as good as the new answer
     REFUSED = "refused"  # the responder's answer is not a good, usable proof
@@ -254,7 +241,7 @@ def refresh_staple(
     if new.good and new.signer_delegated and not new.signer_included:
         # The responder relies on clients knowing its certificate; they do not.
         assert new.signer_der is not None
-        signer = x509.load_der_x509_certificate(new.signer_der)
+        signer = load_der_certificate(new.signer_der, "the delegated responder")
         body = with_certificate(body, signer)
         # The edit must not have changed what the response proves.
         new = verify_response(body, cert, issuer, now)
@@ -262,9 +249,9 @@ def refresh_staple(
 
     choice = choose_staple(current, new, now, min_remaining,
                            identical=current_der is not None and current_der == body)
-    if choice.action == "refuse":
+    if choice.action == StapleAction.REFUSE:
         return RefreshResult(Outcome.REFUSED, choice.why, new, current)
-    if choice.action == "keep":
+    if choice.action == StapleAction.KEEP:
         return RefreshResult(Outcome.KEPT, choice.why, new, current)
     write_atomically(out, body)
     return RefreshResult(Outcome.REPLACED, choice.why, new, current)

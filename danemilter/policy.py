@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from danemilter.config import DaneMode, ErrorAction, FailAction, OcspMode, ProbeMode, Rule
 from danemilter.dane import DomainState, DomainStatus
+from danemilter.judge import OcspState
 from danemilter.probe import OcspRequest, ProbeResult
 
 
@@ -57,7 +58,8 @@ class Decision:
 
 _LACKING = frozenset({DomainState.NONE, DomainState.PARTIAL, DomainState.UNUSABLE_TLSA})
 # Worst first: the header shows the worst staple any probed address presented.
-_OCSP_SEVERITY = ("revoked", "invalid", "stale", "absent", "good", "not-requested")
+_OCSP_SEVERITY = (OcspState.REVOKED, OcspState.INVALID, OcspState.STALE, OcspState.ABSENT,
+                  OcspState.GOOD, OcspState.NOT_REQUESTED)
 
 
 def ocsp_summary(probes: Sequence[ProbeResult]) -> str | None:
@@ -94,7 +96,7 @@ def _ocsp_state(rule: Rule, status: DomainStatus, probes: Sequence[ProbeResult] 
         return summary
     # Exim requests a staple only where it can be checked: no DANE or DANE-TA only.
     if rule.ocsp is OcspMode.AUTO and status.usage not in (0, 4):
-        return "not-requested"
+        return OcspState.NOT_REQUESTED
     return "unknown"  # no probe has reached these MX hosts
 
 
@@ -109,11 +111,11 @@ def _ocsp_problem(rule: Rule, probes: Sequence[ProbeResult] | None) -> tuple[boo
         return None
     done = [p for p in probes if p.failed_at is None]
     for probe in done:
-        if probe.ocsp in ("revoked", "invalid"):
+        if probe.ocsp in (OcspState.REVOKED, OcspState.INVALID):
             return True, f"MX address {probe.address} stapled a {probe.ocsp} OCSP response"
     for probe in done:
         applies = rule.ocsp is OcspMode.STRICT or probe.ocsp_url or probe.must_staple
-        if applies and probe.ocsp in ("absent", "stale"):
+        if applies and probe.ocsp in (OcspState.ABSENT, OcspState.STALE):
             return False, f"MX address {probe.address} stapled no valid OCSP response"
     return None
 

@@ -170,7 +170,7 @@ def domain_verdict(status: DomainStatus,
         if host.tlsa_state is not HostState.DANE:
             continue
         for result in results:
-            if result.dane == "mismatch":
+            if result.dane == DaneVerdict.MISMATCH:
                 return replace(
                     status,
                     status=DomainState.DANE_MISMATCH,
@@ -359,8 +359,8 @@ def probe_host(
         log.info("probe %s [%s]:%d failed at %s: %s", host.name, address, port, stage, reason)
         return ProbeResult(
             address=address, port=port, starttls=starttls, tls_version=None,
-            dane="failed" if dane_host else "not-applicable", depth=None,
-            ocsp="not-requested" if not request_staple else "absent",
+            dane=DaneVerdict.FAILED if dane_host else DaneVerdict.NOT_APPLICABLE, depth=None,
+            ocsp=OcspState.NOT_REQUESTED if not request_staple else OcspState.ABSENT,
             reason=reason,
             ocsp_reason="no TLS session" if request_staple else "no staple requested",
             failed_at=stage, seconds=time.monotonic() - began,
@@ -413,7 +413,7 @@ def probe_host(
 
     verdict = judge(shake.chain, host.records if dane_host else (), names, shake.staple, now)
     reason = verdict.dane_reason
-    if verdict.dane == "not-applicable":
+    if verdict.dane == DaneVerdict.NOT_APPLICABLE:
         reason = f"TLS without DANE: {host.reason}"
     return ProbeResult(
         address=address, port=port, starttls=True, tls_version=shake.version,

@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from enum import IntEnum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from danemilter.certs import issued_by, load_der_certificate, signed_by_key, spki_der
 from danemilter.errors import CertificateError, InputError
 
 
@@ -114,9 +114,6 @@ _NO_MATCH = "no TLSA record matches the certificate chain"
 # other (one name, one key), which would make the paths through them factorial in number.
 _SIGNATURE_BUDGET = 64
 _PATH_STEP_BUDGET = 256
-_DER_SEQUENCE = 0x30
-_DER_VERSION_TAG = 0xA0
-_SPKI_FIELD = 5  # serial, signature, issuer, validity, subject, subjectPublicKeyInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +318,7 @@ class _PathFinder:
             elif not self._spend_signature():
                 return False
             else:
-                self._issued[key] = _verifies(self._chain[child], self._chain[issuer])
+                self._issued[key] = issued_by(self._chain[child], self._chain[issuer])
         return self._issued[key]
 
     def _signed_by_external(self, child: int, number: int) -> bool:
@@ -342,10 +339,10 @@ class _PathFinder:
         if anchor.cert is None:
             # A bare key has no certificate to place: report the certificate it signed.
             return signed
-        spki = _spki_der(anchor.cert)
+        spki = spki_der(anchor.cert)
         for index, cert in enumerate(self._chain):
             if spki is not None and cert.subject == anchor.cert.subject \
-                    and _spki_der(cert) == spki:
+                    and spki_der(cert) == spki:
                 return index  # the anchor stands in for this presented certificate
         return signed + 1
 
@@ -355,48 +352,17 @@ def _record_anchor(record: TLSARecord) -> _RecordAnchor | None:
         return None
     try:
         if record.selector == Selector.CERT:
-            cert = x509.load_der_x509_certificate(record.data)
+            cert = load_der_certificate(record.data, "DANE-TA record")
             return _RecordAnchor(record, cert.public_key(), cert)
         return _RecordAnchor(record, serialization.load_der_public_key(record.data), None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except (CertificateError, ValueError, TypeError, UnsupportedAlgorithm):
         return None
 
 
 def _signed_by_anchor(cert: x509.Certificate, anchor: _RecordAnchor) -> bool:
     if anchor.cert is not None:
-        return _verifies(cert, anchor.cert)
-    return _signed_by_key(cert, anchor.key)
-
-
-def _verifies(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _signed_by_key(cert: x509.Certificate, key: PublicKeyTypes) -> bool:
-    """Signature check against a bare key: there is no issuer certificate to hand to
-    ``verify_directly_issued_by``, and no issuer name to compare."""
-    try:
-        params = cert.signature_algorithm_parameters
-        if isinstance(key, rsa.RSAPublicKey):
-            digest = cert.signature_hash_algorithm
-            if not isinstance(params, padding.PKCS1v15 | padding.PSS) or digest is None:
-                return False
-            key.verify(cert.signature, cert.tbs_certificate_bytes, params, digest)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            if not isinstance(params, ec.ECDSA):
-                return False
-            key.verify(cert.signature, cert.tbs_certificate_bytes, params)
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes)
-        else:
-            return False
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return True
+        return issued_by(cert, anchor.cert)
+    return signed_by_key(cert, anchor.key)
 
 
 def _intermediate_problem(
@@ -491,52 +457,8 @@ def _selected(cert: x509.Certificate, selector: int) -> bytes | None:
     if selector == Selector.CERT:
         return cert.public_bytes(serialization.Encoding.DER)
     if selector == Selector.SPKI:
-        return _spki_der(cert)
+        return spki_der(cert)
     return None
-
-
-def _spki_der(cert: x509.Certificate) -> bytes | None:
-    """The SubjectPublicKeyInfo exactly as encoded in the certificate.
-
-    Re-encoding ``cert.public_key()`` would fail for key types cryptography does not
-    support and could differ from the published bytes (a compressed EC point, say),
-    so the field is cut out of the TBSCertificate instead.
-    """
-    tbs = cert.tbs_certificate_bytes
-    try:
-        tag, position, end = _der_header(tbs, 0)
-        if tag != _DER_SEQUENCE:
-            return None
-        fields: list[tuple[int, int, int]] = []
-        while position < end and len(fields) <= _SPKI_FIELD + 1:
-            tag, _, after = _der_header(tbs, position)
-            fields.append((tag, position, after))
-            position = after
-    except ValueError:
-        return None
-    if fields and fields[0][0] == _DER_VERSION_TAG:
-        del fields[0]
-    if len(fields) <= _SPKI_FIELD or fields[_SPKI_FIELD][0] != _DER_SEQUENCE:
-        return None
-    _, start, after = fields[_SPKI_FIELD]
-    return tbs[start:after]
-
-
-def _der_header(data: bytes, position: int) -> tuple[int, int, int]:
-    """(tag, content start, element end) of the DER element at ``position``."""
-    if position + 2 > len(data):
-        raise ValueError("truncated DER")
-    tag, length = data[position], data[position + 1]
-    position += 2
-    if length & 0x80:
-        octets = length & 0x7F
-        if not 0 < octets <= 4 or position + octets > len(data):
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[position : position + octets], "big")
-        position += octets
-    if position + length > len(data):
-        raise ValueError("truncated DER")
-    return tag, position, position + length
 
 
 def _rdata(record: TLSARecord) -> str:

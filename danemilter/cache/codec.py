@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.errors import InputError
+from danemilter.judge import DaneVerdict, OcspState
 from danemilter.probe import ProbeResult
 from danemilter.tlsa import TLSARecord
 
@@ -24,7 +25,7 @@ from danemilter.tlsa import TLSARecord
 VERSION = 2
 _MAX_BYTES = 1 << 20
 
-E = TypeVar("E", DomainState, HostState)
+E = TypeVar("E", DomainState, HostState, DaneVerdict, OcspState)
 
 
 class CodecError(ValueError):
@@ -180,8 +181,6 @@ def _record(value: object) -> TLSARecord:
 # they were taken under (port, staple request, and a digest of the DNS data the probes
 # judged against, so that new TLSA records or addresses make the entry a miss).
 
-_DANE_VERDICTS = frozenset({"verified", "mismatch", "not-applicable", "failed"})
-_OCSP_STATES = frozenset({"good", "revoked", "invalid", "stale", "absent", "not-requested"})
 _STAGES = frozenset({"not-probed", "connect", "banner", "ehlo", "starttls", "handshake"})
 _OCSP_REQUESTS = frozenset({"auto", "always", "never"})
 _PROBE_KEYS = {"address", "port", "starttls", "tls_version", "dane", "depth", "ocsp",
@@ -250,9 +249,9 @@ def _probe(value: object) -> ProbeResult:
         port=_count(doc["port"], "probe port"),
         starttls=_bool(doc["starttls"], "starttls"),
         tls_version=_optional_string(doc["tls_version"], "tls_version"),
-        dane=_choice(doc["dane"], _DANE_VERDICTS, "dane verdict"),  # type: ignore[arg-type]
+        dane=_enum(DaneVerdict, doc["dane"], "dane verdict"),
         depth=None if depth is None else _count(depth, "depth"),
-        ocsp=_choice(doc["ocsp"], _OCSP_STATES, "ocsp state"),  # type: ignore[arg-type]
+        ocsp=_enum(OcspState, doc["ocsp"], "ocsp state"),
         reason=_string(doc["reason"], "probe reason"),
         ocsp_reason=_string(doc["ocsp_reason"], "ocsp_reason"),
         ocsp_url=_optional_string(doc["ocsp_url"], "ocsp_url"),

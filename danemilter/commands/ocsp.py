@@ -17,14 +17,9 @@ from typing import Any
 
 from cryptography import x509
 
+from danemilter.certs import load_certificate, load_certificates
 from danemilter.errors import InputError, UsageError
-from danemilter.ocsp import (
-    OCSPVerdict,
-    certificate_from_file,
-    certificates_from_file,
-    response_der_from_file,
-    verify_response,
-)
+from danemilter.ocsp import CheckStatus, OCSPVerdict, response_der_from_file, verify_response
 from danemilter.ocsp_fetch import Outcome, refresh_staple
 
 EXIT_GOOD = 0
@@ -148,18 +143,18 @@ def _read(path: str | Path) -> bytes:
 
 
 def _load_cert(path: str, what: str) -> x509.Certificate:
-    return certificate_from_file(_read(path), f"{what} {path}")
+    return load_certificate(_read(path), f"{what} {path}")
 
 
 def _load_signers(paths: list[str]) -> tuple[x509.Certificate, ...]:
     certs: list[x509.Certificate] = []
     for path in paths:
-        certs.extend(certificates_from_file(_read(path), f"--signer {path}"))
+        certs.extend(load_certificates(_read(path), f"--signer {path}"))
     return tuple(certs)
 
 
 def _summary(verdict: OCSPVerdict) -> str:
-    if verdict.status == "invalid":
+    if verdict.status == CheckStatus.INVALID:
         return f"invalid ({verdict.reason}): {verdict.detail}"
     parts = [f"{verdict.status}: {verdict.detail}"]
     if verdict.expires is not None:

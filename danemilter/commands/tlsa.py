@@ -13,7 +13,8 @@ from typing import Any
 
 from cryptography import x509
 
-from danemilter.errors import CertificateError, InputError
+from danemilter.certs import load_certificates
+from danemilter.errors import InputError
 from danemilter.names import normalize_domain
 from danemilter.tlsa import TLSARecord, generate, match_chain
 
@@ -75,12 +76,7 @@ def _read_certificates(path: str) -> list[x509.Certificate]:
             data = stream.read()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN" not in data:
-        raise CertificateError(f"{path}: no PEM certificate found")
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise CertificateError(f"{path}: not a valid PEM certificate chain ({exc})") from None
+    return load_certificates(data, path, der=False)
 
 
 def _unix_time(text: str) -> datetime:

@@ -23,18 +23,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as x509_ocsp
 
+from danemilter.certs import ocsp_urls, public_key_bits
 from danemilter.cli import main
 from danemilter.commands.ocsp import parse_duration
 from danemilter.errors import UsageError
+from danemilter.ocsp import CheckStatus as Status
 from danemilter.ocsp import (
     OCSPVerdict,
-    Status,
     choose_staple,
-    public_key_bits,
     verify_response,
     with_certificate,
 )
-from danemilter.ocsp_fetch import build_request, ocsp_urls, write_atomically
+from danemilter.ocsp_fetch import build_request, write_atomically
 from tests.support.ocsp_pki import (
     DAY,
     HOUR,

@@ -16,6 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 
+from danemilter.certs import must_staple, ocsp_url
 from danemilter.commands.verify import nagios_verdict
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.judge import (
@@ -23,8 +24,6 @@ from danemilter.judge import (
     judge,
     judge_dane,
     judge_staple,
-    must_staple,
-    ocsp_url,
     reference_names,
     wants_staple,
 )
