@@ -11,7 +11,7 @@ is cold for each of them too.
 * Parallel MX hosts: behind a relay that delays every answer by D ms, one domain with
   N MX hosts. Baseline: one query through the same relay (≈ D). Evaluating the MX
   hosts one after another would take (1 + N) D or more; in parallel it is 2 D.
-* Coalescing: many concurrent evaluations of one domain through the milter's Engine
+* Coalescing: many concurrent evaluations of one domain through the milter's service
   (each from its own thread, as libmilter's connection threads call it) → one set
   of queries; and domains that share their MX hosts, concurrently and one after
   another.
@@ -45,9 +45,10 @@ from common import (
 
 from danemilter.cache import CacheSettings, MemoryBackend, StatusCache
 from danemilter.cached import CachedEvaluator
-from danemilter.dane import DomainEvaluator, DomainState
-from danemilter.engine import Engine
+from danemilter.dane import DomainEvaluator, DomainState, DomainStatus
+from danemilter.deadline import Deadline
 from danemilter.resolver import Resolver, ResolverSettings
+from danemilter.service import LoopThread
 from tests.support.dnsbed import DnssecTestBed
 
 
@@ -263,21 +264,24 @@ def measure(count: int, concurrency: int, delay_ms: float, wide: int, *, same: i
                                   "wall time / one round trip"))
 
             relay.reset()
-            engine = Engine(ResolverSettings("127.0.0.1", relay.port, timeout=5),
-                            CacheSettings(backend="memory"))
+            engine = LoopThread(ResolverSettings("127.0.0.1", relay.port, timeout=5),
+                                CacheSettings(backend="memory"))
             target = bench_domains(1, start=3 * count)[0]
+
+            def ask_service(domain: str) -> DomainStatus:
+                return engine.call(engine.service.status(domain, Deadline.after(10)), 11)
+
             try:
                 with ThreadPoolExecutor(same) as pool:
                     started = time.perf_counter()
-                    statuses = list(pool.map(lambda d: engine.domain_status(d, 10),
-                                             [target] * same))
+                    statuses = list(pool.map(ask_service, [target] * same))
                     same_seconds = time.perf_counter() - started
             finally:
                 engine.close()
             if any(s.status is not DomainState.DANE for s in statuses):
                 raise SystemExit(f"coalescing run: {statuses[0]}")
             same_queries = relay.queries
-            lines.append(f"Coalescing: {same} threads asking the milter's Engine for one cold "
+            lines.append(f"Coalescing: {same} threads asking the milter's service for one cold "
                          f"domain at once: {same_queries} queries, {ms(same_seconds)}")
             figures.append(Figure("3 cold eval", f"{same} concurrent asks for one domain: "
                                   "queries", str(same_queries), "7 (one evaluation)",

@@ -82,7 +82,7 @@ def negotiation(klass: type[Milter.Base]) -> tuple[int, dict[str, tuple[str, ...
 
 
 def check_against_danemilter() -> list[str]:
-    from danemilter.milter import DaneMilter  # noqa: PLC0415 - only for --check
+    from danemilter.milter.libmilter import DaneMilter  # noqa: PLC0415 - only for --check
 
     ours, theirs = negotiation(NoopMilter), negotiation(DaneMilter)
     problems = []

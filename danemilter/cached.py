@@ -20,47 +20,52 @@ import time
 from collections.abc import Callable
 
 from danemilter.cache import StatusCache, is_transient
-from danemilter.dane import DomainEvaluator, DomainStatus, shared_evaluation
+from danemilter.coalesce import Coalescer
+from danemilter.dane import DomainEvaluator, DomainStatus, deadline_tempfail
+from danemilter.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
 
 class CachedEvaluator:
     def __init__(self, evaluator: DomainEvaluator, cache: StatusCache, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 coalescer: Coalescer | None = None) -> None:
         self.evaluator = evaluator
         self.cache = cache
         self._clock = clock
-        self._inflight: dict[str, asyncio.Task[DomainStatus]] = {}
+        self._inflight = coalescer or Coalescer()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self.evaluations = 0
         self.refreshes = 0
 
-    async def evaluate(self, domain: str, deadline: float) -> DomainStatus:
-        """Status of ``domain`` (canonical form) within ``deadline`` seconds; never raises
-        for DNS or cache trouble (a timeout is a ``tempfail`` status)."""
+    async def evaluate(self, domain: str, deadline: Deadline | float) -> DomainStatus:
+        """Status of ``domain`` (canonical form) by ``deadline`` (or within that many
+        seconds); never raises for DNS or cache trouble (a timeout is a ``tempfail``)."""
+        if not isinstance(deadline, Deadline):
+            deadline = Deadline.after(deadline)
         now = self._clock()
         status = self.cache.peek(domain, now)
         if status is not None:
-            self._refresh_if_due(domain, now, deadline)
+            self._refresh_if_due(domain, now, deadline.seconds)
             return status
-        return await shared_evaluation(self._inflight, domain, deadline,
-                                       lambda: self._miss(domain, deadline))
+        # Callers joining an evaluation already under way wait for it within their own
+        # deadline; it runs under the deadline of the caller that started it.
+        answer = await self._inflight.join(("status", domain), deadline,
+                                           lambda: self._miss(domain, deadline))
+        return deadline_tempfail(domain, deadline) if answer is None else answer
 
-    async def _miss(self, domain: str, deadline: float) -> DomainStatus:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def _miss(self, domain: str, deadline: Deadline) -> DomainStatus:
         try:
             entry = await asyncio.to_thread(self.cache.lookup, domain, self._clock())
         except Exception:
             log.exception("cache lookup for %s failed; evaluating it", domain)
             entry = None
         if entry is not None:
-            self._refresh_if_due(domain, self._clock(), deadline)
+            self._refresh_if_due(domain, self._clock(), deadline.seconds)
             return entry.status
-        remaining = max(deadline - (loop.time() - started), 0.001)
         self.evaluations += 1
-        status = await self.evaluator.evaluate(domain, remaining)
+        status = await self.evaluator.evaluate(domain, deadline)
         await self._store(status)
         return status
 

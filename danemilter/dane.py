@@ -21,132 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
 
 import dns.name
 import dns.rdatatype
 from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.ANY.TLSA import TLSA
 
+from danemilter.deadline import Deadline
 from danemilter.errors import InputError
 from danemilter.resolver import Answer, Resolver
+from danemilter.status import (
+    DomainState,
+    DomainStatus,
+    HostState,
+    HostStatus,
+    domain_state,
+    usage_bits,
+)
 from danemilter.tlsa import TLSARecord
+
+__all__ = ["DomainEvaluator", "DomainState", "DomainStatus", "HostState", "HostStatus",
+           "deadline_tempfail", "domain_state", "usage_bits"]
 
 log = logging.getLogger(__name__)
 
 _TLSA_PREFIX = "_25._tcp."
-
-
-class HostState(StrEnum):
-    DANE = "dane"
-    UNUSABLE = "unusable"
-    NONE = "none"
-    FAILED = "failed"
-
-
-class DomainState(StrEnum):
-    DANE = "dane"
-    PARTIAL = "partial"
-    NONE = "none"
-    UNUSABLE_TLSA = "unusable-tlsa"
-    TEMPFAIL = "tempfail"
-    NULLMX = "nullmx"
-    NXDOMAIN = "nxdomain"
-    DANE_MISMATCH = "dane-mismatch"
-
-
-@dataclass(frozen=True, slots=True)
-class HostStatus:
-    name: str
-    preference: int
-    addresses: tuple[str, ...]
-    address_secure: bool
-    tlsa_state: HostState
-    tlsa_base: str | None
-    records: tuple[TLSARecord, ...]
-    reason: str
-    ttl: int
-
-    @property
-    def usable_records(self) -> tuple[TLSARecord, ...]:
-        return tuple(r for r in self.records if r.usable)
-
-    @property
-    def deliverable(self) -> bool:
-        """Whether an MTA may use this host at all (RFC 7672 §2.2: not after a failure)."""
-        return self.tlsa_state is not HostState.FAILED and bool(self.addresses)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "preference": self.preference,
-            "addresses": list(self.addresses),
-            "address_secure": self.address_secure,
-            "tlsa_state": str(self.tlsa_state),
-            "tlsa_base": self.tlsa_base,
-            "records": [r.to_text() for r in self.records],
-            "reason": self.reason,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class DomainStatus:
-    domain: str
-    status: DomainState
-    usage: int
-    mx_secure: bool
-    hosts: tuple[HostStatus, ...]
-    reason: str
-    ttl: int
-    # The next-hop domain's CNAME expansion, when a secure MX lookup followed a CNAME:
-    # a DANE-TA certificate may name it (RFC 7672 §3.2.3).
-    canonical: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        document: dict[str, Any] = {
-            "domain": self.domain,
-            "status": str(self.status),
-            "usage": self.usage,
-            "mx_secure": self.mx_secure,
-            "reason": self.reason,
-            "hosts": [h.to_json() for h in self.hosts],
-        }
-        if self.canonical is not None:
-            document["canonical"] = self.canonical
-        return document
-
-
-def usage_bits(hosts: tuple[HostStatus, ...]) -> int:
-    """Exim's ``$tls_out_tlsa_usage``: bit n set for each usable usage n on DANE hosts."""
-    bits = 0
-    for host in hosts:
-        if host.tlsa_state is HostState.DANE:
-            for record in host.usable_records:
-                bits |= 1 << record.usage
-    return bits
-
-
-def domain_state(hosts: tuple[HostStatus, ...]) -> tuple[DomainState, str]:
-    """The domain status from its hosts' states (pure; the rule in the module docstring)."""
-    candidates = [h for h in hosts if h.deliverable]
-    if not candidates:
-        failed = [h for h in hosts if h.tlsa_state is HostState.FAILED]
-        if failed:
-            return DomainState.TEMPFAIL, f"no usable MX host: {failed[0].reason}"
-        return DomainState.NONE, "no MX host has an address"
-    dane = [h for h in candidates if h.tlsa_state is HostState.DANE]
-    if len(dane) == len(candidates):
-        return DomainState.DANE, "every usable MX host has usable secure TLSA records"
-    if dane:
-        return DomainState.PARTIAL, (
-            f"{len(dane)} of {len(candidates)} usable MX hosts have usable secure TLSA records"
-        )
-    if all(h.tlsa_state is HostState.UNUSABLE for h in candidates):
-        return DomainState.UNUSABLE_TLSA, "TLSA records are secure but none is usable for SMTP"
-    return DomainState.NONE, "no MX host has secure TLSA records"
 
 
 def _tlsa_records(answer: Answer) -> tuple[TLSARecord, ...]:
@@ -178,28 +77,29 @@ def _tlsa_verdict(answer: Answer) -> tuple[HostState, tuple[TLSARecord, ...], st
 
 
 class DomainEvaluator:
-    """Evaluates domains with a shared resolver; concurrent requests for a domain share work."""
+    """Evaluates domains with a shared resolver. Identical DNS questions asked at once
+    share one query (the resolver's doing); whole evaluations are coalesced by the
+    service layer above, not here."""
 
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
-        self._inflight: dict[str, asyncio.Task[DomainStatus]] = {}
 
-    async def evaluate(self, domain: str, deadline: float) -> DomainStatus:
-        """Status of ``domain`` (canonical A-label form) within ``deadline`` seconds.
+    async def evaluate(self, domain: str, deadline: Deadline | float) -> DomainStatus:
+        """Status of ``domain`` (canonical A-label form) by ``deadline`` (or within that
+        many seconds).
 
         Never raises for DNS trouble: a timeout or failure is a ``tempfail`` status.
         """
-        return await shared_evaluation(self._inflight, domain, deadline,
-                                       lambda: self._evaluate_within(domain, deadline))
-
-    async def _evaluate_within(self, domain: str, deadline: float) -> DomainStatus:
+        if not isinstance(deadline, Deadline):
+            deadline = Deadline.after(deadline)
         try:
-            return await asyncio.wait_for(self._evaluate(domain, deadline), deadline)
+            return await asyncio.wait_for(self._evaluate(domain, deadline),
+                                          deadline.remaining())
         except TimeoutError:
             return deadline_tempfail(domain, deadline)
 
-    async def _evaluate(self, domain: str, deadline: float) -> DomainStatus:
-        mx = await self.resolver.query(domain, dns.rdatatype.MX, deadline)
+    async def _evaluate(self, domain: str, deadline: Deadline) -> DomainStatus:
+        mx = await self.resolver.query(domain, dns.rdatatype.MX, deadline.remaining())
         if mx.failed:
             return _tempfail(domain, f"MX lookup failed: {mx.reason}", mx_secure=False)
         if mx.nxdomain:
@@ -231,14 +131,16 @@ class DomainEvaluator:
         return DomainStatus(domain, state, usage_bits(hosts), mx.secure, hosts, reason, ttl,
                             canonical)
 
-    async def _evaluate_host(self, host: str, preference: int, deadline: float) -> HostStatus:
+    async def _evaluate_host(self, host: str, preference: int, deadline: Deadline
+                             ) -> HostStatus:
         query = self.resolver.query
+        budget = deadline.remaining()
         # The original name's TLSA is asked alongside the addresses, so a host
         # costs one round trip unless a CNAME makes the expanded name matter.
         a, aaaa, tlsa_original = await asyncio.gather(
-            query(host, dns.rdatatype.A, deadline),
-            query(host, dns.rdatatype.AAAA, deadline),
-            query(_TLSA_PREFIX + host, dns.rdatatype.TLSA, deadline),
+            query(host, dns.rdatatype.A, budget),
+            query(host, dns.rdatatype.AAAA, budget),
+            query(_TLSA_PREFIX + host, dns.rdatatype.TLSA, budget),
         )
         address_answers = (a, aaaa)
         failed = [ans for ans in address_answers if ans.failed]
@@ -258,7 +160,8 @@ class DomainEvaluator:
         expanded.discard(host)
         if address_secure and len(expanded) == 1:
             base = expanded.pop()
-            tlsa_expanded = await query(_TLSA_PREFIX + base, dns.rdatatype.TLSA, deadline)
+            tlsa_expanded = await query(_TLSA_PREFIX + base, dns.rdatatype.TLSA,
+                                        deadline.remaining())
             ttl = min(ttl, tlsa_expanded.ttl)
             state, records, reason = _tlsa_verdict(tlsa_expanded)
             if state is not HostState.NONE:
@@ -270,26 +173,8 @@ class DomainEvaluator:
                           host if records else None, records, reason, ttl)
 
 
-async def shared_evaluation(
-    inflight: dict[str, asyncio.Task[DomainStatus]], domain: str, deadline: float,
-    start: Callable[[], Coroutine[Any, Any, DomainStatus]],
-) -> DomainStatus:
-    """Join the evaluation of ``domain`` already in ``inflight``, or begin one with
-    ``start``; a caller whose ``deadline`` passes gets ``tempfail`` while the shared
-    evaluation goes on for the others."""
-    task = inflight.get(domain)
-    if task is None:
-        task = asyncio.ensure_future(start())
-        inflight[domain] = task
-        task.add_done_callback(lambda _: inflight.pop(domain, None))
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), deadline)
-    except TimeoutError:
-        return deadline_tempfail(domain, deadline)
-
-
-def deadline_tempfail(domain: str, deadline: float) -> DomainStatus:
-    return _tempfail(domain, f"evaluation exceeded its deadline of {deadline:g} s")
+def deadline_tempfail(domain: str, deadline: Deadline) -> DomainStatus:
+    return _tempfail(domain, f"evaluation exceeded its deadline of {deadline.seconds:g} s")
 
 
 def _tempfail(domain: str, reason: str, mx_secure: bool = False) -> DomainStatus:

@@ -45,3 +45,10 @@ class ResolverError(DanemilterError):
 
 class DeadlineExceeded(DanemilterError):
     """An evaluation ran out of its time budget."""
+
+
+class ListenError(DanemilterError):
+    """The milter cannot listen where it is told to (in use, no permission, no such
+    directory): a start-up problem for the operator, not a crash."""
+
+    exit_code = 2

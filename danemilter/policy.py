@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from danemilter.config import DaneMode, ErrorAction, FailAction, OcspMode, ProbeMode, Rule
-from danemilter.dane import DomainState, DomainStatus
+from danemilter.config.model import DaneMode, ErrorAction, FailAction, OcspMode, ProbeMode, Rule
 from danemilter.judge import OcspState
-from danemilter.probe import OcspRequest, ProbeResult
+from danemilter.probe_result import OcspRequest, ProbeResult
+from danemilter.status import DomainState, DomainStatus
 
 
 class Action(StrEnum):
@@ -71,7 +71,8 @@ def ocsp_summary(probes: Sequence[ProbeResult]) -> str | None:
 def staple_request(rule: Rule) -> OcspRequest:
     """Which probes ask for a staple: all of them where the rule enforces OCSP, else
     only where Exim would (``auto``: usage bitfield 0 or 4, where a staple can be checked)."""
-    return "always" if rule.ocsp in (OcspMode.REQUIRE, OcspMode.STRICT) else "auto"
+    return (OcspRequest.ALWAYS if rule.ocsp in (OcspMode.REQUIRE, OcspMode.STRICT)
+            else OcspRequest.AUTO)
 
 
 _PROBED_STATES = frozenset({DomainState.DANE, DomainState.PARTIAL, DomainState.NONE,

@@ -19,174 +19,55 @@ internal services.
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+import functools
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
 
-from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
+from danemilter.deadline import Deadline
 from danemilter.judge import (
     DaneVerdict,
     OcspState,
     judge,
     reference_names,
-    wants_staple,
 )
+from danemilter.probe_result import (
+    DomainProbe,
+    OcspRequest,
+    ProbeResult,
+    Stage,
+    dane_relevant,
+    domain_verdict,
+    private_address_reason,
+    staple_wanted,
+)
+from danemilter.status import DomainStatus, HostState, HostStatus
+
+__all__ = ["DomainProbe", "OcspRequest", "ProbeResult", "Stage", "private_address_reason",
+           "probe_domain", "probe_domains", "probe_host"]
 
 log = logging.getLogger(__name__)
 
-OcspRequest = Literal["auto", "always", "never"]
-Stage = Literal["not-probed", "connect", "banner", "ehlo", "starttls", "handshake"]
-
 _MAX_REPLY_OCTETS = 64 * 1024
+# Below this, a TLS handshake cannot complete anyway.
+MIN_PROBE_TIME = 0.05
 _MAX_REPLY_LINES = 200
 _QUIT_WAIT = 1.0
 _RECV_SIZE = 4096
 # Opportunistic SMTP TLS takes what the server offers (RFC 7435); authentication comes
 # from DANE, not from cipher strength. Anonymous suites would hide the certificate.
 _CIPHERS = b"ALL:!aNULL:!eNULL:@SECLEVEL=0"
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """What one STARTTLS probe of one address found (the ``probes`` JSON objects).
-
-    ``failed_at`` names the step that went wrong (``None`` when a handshake completed).
-    ``dane``: ``verified``/``mismatch`` for a DANE host whose chain was judged,
-    ``failed`` for a DANE host whose chain could not be obtained, ``not-applicable``
-    for a host without usable TLSA records.
-    """
-
-    address: str
-    port: int
-    starttls: bool
-    tls_version: str | None
-    dane: DaneVerdict
-    depth: int | None
-    ocsp: OcspState
-    reason: str
-    ocsp_reason: str = ""
-    ocsp_url: str | None = None
-    must_staple: bool = False
-    failed_at: Stage | None = None
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "address": self.address,
-            "port": self.port,
-            "starttls": self.starttls,
-            "tls_version": self.tls_version,
-            "dane": self.dane,
-            "depth": self.depth,
-            "ocsp": self.ocsp,
-            "reason": self.reason,
-            "ocsp_reason": self.ocsp_reason,
-            "ocsp_url": self.ocsp_url,
-            "must_staple": self.must_staple,
-            "failed_at": self.failed_at,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class DomainProbe:
-    """A domain's DNS status (``dane-mismatch`` when a probe showed one) and its probes.
-
-    ``probes[i]`` belongs to ``status.hosts[i]``; hosts that were not probed (failed
-    lookups, no addresses) have an empty tuple.
-    """
-
-    status: DomainStatus
-    probes: tuple[tuple[ProbeResult, ...], ...]
-
-    def to_json(self) -> dict[str, Any]:
-        document = self.status.to_json()
-        for host, probes in zip(document["hosts"], self.probes, strict=True):
-            host["probes"] = [p.to_json() for p in probes]
-        return document
-
-
-# ----------------------------------------------------------------- pure helpers
-
-
-def private_address_reason(address: str) -> str | None:
-    """Why ``address`` must not be probed without ``allow_private``; None when it may be.
-
-    IPv4-mapped and 6to4/Teredo-embedded IPv4 addresses are judged by the IPv4 address
-    they carry, so ``::ffff:10.0.0.1`` is as private as ``10.0.0.1``.
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return "not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:  # the connection goes to the IPv4 address
-            return private_address_reason(str(ip.ipv4_mapped))
-        embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is not None:
-            inner = private_address_reason(str(embedded))
-            if inner is not None:
-                return inner
-    checks = (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-        ("not globally routable", not ip.is_global),
-    )
-    for kind, hit in checks:
-        if hit:
-            return kind
-    return None
-
-
-def dane_relevant(host: HostStatus) -> bool:
-    """Whether a host is probed at all: it would be used for delivery (RFC 7672 §2.2)."""
-    return host.deliverable
-
-
-def domain_verdict(status: DomainStatus,
-                   probes: Sequence[Sequence[ProbeResult]]) -> DomainStatus:
-    """``dane-mismatch`` when a DANE host's certificate matches none of its TLSA records.
-
-    Delivery to that host would fail (RFC 7672 §2.2: authenticated TLS is required),
-    so the domain is reported as broken even when other hosts verify.
-    """
-    if status.status not in (DomainState.DANE, DomainState.PARTIAL):
-        return status
-    for host, results in zip(status.hosts, probes, strict=True):
-        if host.tlsa_state is not HostState.DANE:
-            continue
-        for result in results:
-            if result.dane == DaneVerdict.MISMATCH:
-                return replace(
-                    status,
-                    status=DomainState.DANE_MISMATCH,
-                    reason=f"{host.name} [{result.address}] presents a certificate that "
-                           f"matches none of its TLSA records: {result.reason}",
-                )
-    return status
-
-
-def staple_wanted(host: HostStatus, policy: OcspRequest) -> bool:
-    if policy == "always":
-        return True
-    if policy == "never":
-        return False
-    records = host.records if host.tlsa_state is HostState.DANE else ()
-    return wants_staple(records)
 
 
 # ------------------------------------------------------------------ the session
@@ -303,7 +184,7 @@ def _tls(sock: socket.socket, sni: str | None, request_staple: bool,
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _Failure("handshake", "timed out in the TLS handshake")
+                raise _Failure(Stage.HANDSHAKE, "timed out in the TLS handshake")
             _set_kernel_timeouts(sock, left)
             try:
                 conn.do_handshake()
@@ -321,10 +202,10 @@ def _tls(sock: socket.socket, sni: str | None, request_staple: bool,
             pass
         return _Handshake(chain, version, staple)
     except SSL.SysCallError as exc:
-        raise _Failure("handshake", f"TLS handshake failed: connection error {exc.args}") \
+        raise _Failure(Stage.HANDSHAKE, f"TLS handshake failed: connection error {exc.args}") \
             from None
     except SSL.Error as exc:
-        raise _Failure("handshake", f"TLS handshake failed: {_ssl_reason(exc)}") from None
+        raise _Failure(Stage.HANDSHAKE, f"TLS handshake failed: {_ssl_reason(exc)}") from None
 
 
 def _ssl_reason(exc: SSL.Error) -> str:
@@ -346,11 +227,14 @@ def probe_host(
     now: datetime,
     helo: str,
     allow_private: bool = False,
+    deadline: float | None = None,
 ) -> ProbeResult:
     """Probe ``address`` of MX ``host``; never raises for network trouble.
 
     ``names``: reference identifiers for DANE-TA (``judge.reference_names``).
     ``now``: the instant certificates and staples are judged at.
+    ``timeout`` bounds this probe; ``deadline`` (monotonic), when given, bounds it too:
+    a probe that waited in the pool past it does not start.
     """
     began = time.monotonic()
     dane_host = bool(host.usable_records) and host.tlsa_state is HostState.DANE
@@ -369,47 +253,49 @@ def probe_host(
     if not allow_private:
         kind = private_address_reason(address)
         if kind is not None:
-            return failed("not-probed", f"not probed: private address ({kind})")
-    deadline = began + timeout
+            return failed(Stage.NOT_PROBED, f"not probed: private address ({kind})")
+    deadline = began + timeout if deadline is None else min(deadline, began + timeout)
+    if deadline - began < MIN_PROBE_TIME:
+        return failed(Stage.CONNECT, "not attempted: no time left in the deadline")
     try:
         try:
-            sock = socket.create_connection((address, port), timeout=timeout)
+            sock = socket.create_connection((address, port), timeout=deadline - began)
         except TimeoutError:
-            raise _Failure("connect", f"timed out connecting to port {port}") from None
+            raise _Failure(Stage.CONNECT, f"timed out connecting to port {port}") from None
         except OSError as exc:
-            raise _Failure("connect", f"cannot connect to port {port}: "
+            raise _Failure(Stage.CONNECT, f"cannot connect to port {port}: "
                                       f"{exc.strerror or exc}") from None
         with sock:
             session = _Session(sock, deadline)
-            code, lines = session.reply("banner", "the banner")
+            code, lines = session.reply(Stage.BANNER, "the banner")
             if code != 220:
                 session.quit()
-                raise _Failure("banner", f"the server refused the session: {code} "
+                raise _Failure(Stage.BANNER, f"the server refused the session: {code} "
                                          f"{' '.join(lines)[:200]}")
-            session.send(f"EHLO {helo}", "ehlo")
-            code, lines = session.reply("ehlo", "the EHLO reply")
+            session.send(f"EHLO {helo}", Stage.EHLO)
+            code, lines = session.reply(Stage.EHLO, "the EHLO reply")
             if code != 250:
                 session.quit()
-                raise _Failure("ehlo", f"EHLO refused: {code} {' '.join(lines)[:200]}")
+                raise _Failure(Stage.EHLO, f"EHLO refused: {code} {' '.join(lines)[:200]}")
             keywords = {line.split(" ", 1)[0].upper() for line in lines[1:]}
             if "STARTTLS" not in keywords:
                 session.quit()
-                raise _Failure("ehlo", "STARTTLS not offered"
+                raise _Failure(Stage.EHLO, "STARTTLS not offered"
                                + (": DANE requires TLS" if dane_host else ""))
-            session.send("STARTTLS", "starttls")
-            code, lines = session.reply("starttls", "the STARTTLS reply")
+            session.send("STARTTLS", Stage.STARTTLS)
+            code, lines = session.reply(Stage.STARTTLS, "the STARTTLS reply")
             if code != 220:
                 session.quit()
-                raise _Failure("starttls", f"STARTTLS refused: {code} {' '.join(lines)[:200]}")
+                raise _Failure(Stage.STARTTLS, f"STARTTLS refused: {code} {' '.join(lines)[:200]}")
             if session.buffer:
                 # RFC 3207 §5 / CVE-2011-0411: plain text after 220 could be injected
                 # into the TLS session's replies.
-                raise _Failure("starttls", "the server sent data after its STARTTLS reply")
+                raise _Failure(Stage.STARTTLS, "the server sent data after its STARTTLS reply")
             sni = host.tlsa_base or host.name
             shake = _tls(sock, sni, request_staple, deadline)
     except _Failure as failure:
         return failed(failure.stage, failure.reason,
-                      starttls=failure.stage in ("starttls", "handshake"))
+                      starttls=failure.stage in (Stage.STARTTLS, Stage.HANDSHAKE))
 
     verdict = judge(shake.chain, host.records if dane_host else (), names, shake.staple, now)
     reason = verdict.dane_reason
@@ -424,6 +310,59 @@ def probe_host(
     )
 
 
+_Job = tuple[int, int, dict[str, Any]]
+
+
+def _jobs(statuses: Sequence[DomainStatus], ocsp: OcspRequest) -> list[_Job]:
+    """(domain index, host index, probe_host arguments) for every address to probe."""
+    jobs: list[_Job] = []
+    for d, status in enumerate(statuses):
+        for h, host in enumerate(status.hosts):
+            if not dane_relevant(host):
+                continue
+            names = reference_names(status.domain, status.mx_secure, host.name,
+                                    host.tlsa_base, status.canonical)
+            jobs.extend((d, h, {"host": host, "address": address, "names": names,
+                                "request_staple": staple_wanted(host, ocsp)})
+                        for address in host.addresses)
+    return jobs
+
+
+def _assemble(statuses: Sequence[DomainStatus],
+              results: dict[tuple[int, int], list[ProbeResult]]) -> list[DomainProbe]:
+    probed = []
+    for d, status in enumerate(statuses):
+        probes = tuple(tuple(results.get((d, h), ())) for h in range(len(status.hosts)))
+        probed.append(DomainProbe(domain_verdict(status, probes), probes))
+    return probed
+
+
+class _ProcessPool:
+    """The process's one pool of probe threads: ``probe.concurrency`` bounds the probes
+    running at once in the process, whoever asks (DESIGN.md "service"). A new size
+    replaces the pool; probes already running in the old one finish there."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._size = 0
+
+    def get(self, concurrency: int) -> ThreadPoolExecutor:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        with self._lock:
+            if self._pool is None or self._size != concurrency:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(max_workers=concurrency,
+                                                thread_name_prefix="probe")
+                self._size = concurrency
+            return self._pool
+
+
+probe_pool = _ProcessPool().get
+
+
 def probe_domains(
     statuses: Sequence[DomainStatus],
     *,
@@ -433,39 +372,58 @@ def probe_domains(
     helo: str,
     allow_private: bool = False,
     concurrency: int = 16,
-    ocsp: OcspRequest = "auto",
+    ocsp: OcspRequest = OcspRequest.AUTO,
 ) -> list[DomainProbe]:
-    """Probe every address of every deliverable host of ``statuses``, ``concurrency`` at
-    a time (one thread each: the TLS handshake is blocking I/O in OpenSSL)."""
-    if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
-    jobs: list[tuple[int, int, str]] = []
-    for d, status in enumerate(statuses):
-        for h, host in enumerate(status.hosts):
-            if dane_relevant(host):
-                jobs.extend((d, h, address) for address in host.addresses)
+    """Probe every address of every deliverable host of ``statuses`` in the process's
+    probe pool (one thread each: the TLS handshake is blocking I/O in OpenSSL), each
+    probe bounded by ``timeout``."""
+    pool = probe_pool(concurrency)
+    futures = [((d, h), pool.submit(probe_host, port=port, timeout=timeout, now=now,
+                                    helo=helo, allow_private=allow_private, **job))
+               for d, h, job in _jobs(statuses, ocsp)]
     results: dict[tuple[int, int], list[ProbeResult]] = {}
-    if jobs:
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(jobs)),
-                                thread_name_prefix="probe") as pool:
-            futures = []
-            for d, h, address in jobs:
-                status = statuses[d]
-                host = status.hosts[h]
-                futures.append(((d, h), pool.submit(
-                    probe_host, host, address, port=port,
-                    names=reference_names(status.domain, status.mx_secure, host.name,
-                                          host.tlsa_base, status.canonical),
-                    request_staple=staple_wanted(host, ocsp), timeout=timeout, now=now,
-                    helo=helo, allow_private=allow_private,
-                )))
-            for key, future in futures:
-                results.setdefault(key, []).append(future.result())
-    probed = []
-    for d, status in enumerate(statuses):
-        probes = tuple(tuple(results.get((d, h), ())) for h in range(len(status.hosts)))
-        probed.append(DomainProbe(domain_verdict(status, probes), probes))
-    return probed
+    for key, future in futures:
+        results.setdefault(key, []).append(future.result())
+    return _assemble(statuses, results)
+
+
+async def probe_within(status: DomainStatus, *, deadline: Deadline, port: int,
+                       timeout: float, now: datetime, helo: str, allow_private: bool,
+                       concurrency: int, ocsp: OcspRequest) -> DomainProbe:
+    """Probe ``status``'s addresses in the process's pool, all of them together bounded by
+    ``deadline``: an address whose probe has not ended by then (still queued behind
+    other probes, or slow) counts as failed, and the answer comes in time anyway."""
+    loop = asyncio.get_running_loop()
+    pool = probe_pool(concurrency)
+    end = deadline.sooner(timeout)
+    jobs = _jobs([status], ocsp)
+    futures = [loop.run_in_executor(pool, functools.partial(
+        probe_host, port=port, timeout=timeout, now=now, helo=helo,
+        allow_private=allow_private, deadline=end.at, **job)) for _, _, job in jobs]
+    if futures:
+        await asyncio.wait(futures, timeout=end.remaining())
+    results: dict[tuple[int, int], list[ProbeResult]] = {}
+    for (d, h, job), future in zip(jobs, futures, strict=True):
+        if future.done() and not future.cancelled() and future.exception() is None:
+            result = future.result()
+        else:
+            future.cancel()  # a queued probe never starts; a running one ends by `end`
+            result = _late(job, port, end)
+        results.setdefault((d, h), []).append(result)
+    return _assemble([status], results)[0]
+
+
+def _late(job: dict[str, Any], port: int, end: Deadline) -> ProbeResult:
+    host: HostStatus = job["host"]
+    dane_host = bool(host.usable_records) and host.tlsa_state is HostState.DANE
+    staple = job["request_staple"]
+    return ProbeResult(
+        address=job["address"], port=port, starttls=False, tls_version=None,
+        dane=DaneVerdict.FAILED if dane_host else DaneVerdict.NOT_APPLICABLE, depth=None,
+        ocsp=OcspState.ABSENT if staple else OcspState.NOT_REQUESTED,
+        reason=f"no result within the deadline of {end.seconds:g} s",
+        ocsp_reason="no TLS session" if staple else "no staple requested",
+        failed_at=Stage.CONNECT, seconds=end.seconds)
 
 
 def probe_domain(status: DomainStatus, **options: Any) -> DomainProbe:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.errors import InputError
 from danemilter.judge import DaneVerdict, OcspState
-from danemilter.probe import ProbeResult
+from danemilter.probe_result import ProbeResult
+from danemilter.status import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.tlsa import TLSARecord
 
 # 2: statuses carry "canonical" (the next-hop domain's secure CNAME expansion).

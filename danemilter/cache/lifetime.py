@@ -25,7 +25,7 @@ rule. A result of 0 means "do not cache".
 from __future__ import annotations
 
 from danemilter.cache.settings import CacheSettings
-from danemilter.dane import DomainState, DomainStatus, HostState
+from danemilter.status import DomainState, DomainStatus, HostState
 
 NEGATIVE_STATES = frozenset({DomainState.NXDOMAIN, DomainState.NULLMX, DomainState.NONE,
                              DomainState.DANE_MISMATCH})

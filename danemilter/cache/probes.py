@@ -23,8 +23,8 @@ from danemilter.cache.backend import CacheBackend, read_fresh
 from danemilter.cache.codec import CodecError, ProbeEntry, decode_probes, encode_probes
 from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
-from danemilter.dane import DomainStatus
-from danemilter.probe import DomainProbe, OcspRequest, domain_verdict
+from danemilter.probe_result import DomainProbe, OcspRequest, domain_verdict
+from danemilter.status import DomainStatus
 
 log = logging.getLogger(__name__)
 

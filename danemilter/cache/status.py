@@ -18,7 +18,7 @@ from danemilter.cache.codec import CodecError, decode, encode
 from danemilter.cache.lifetime import is_transient, lifetime
 from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
-from danemilter.dane import DomainStatus
+from danemilter.status import DomainStatus
 
 log = logging.getLogger(__name__)
 

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import grp
 import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 from logging.handlers import QueueHandler, QueueListener
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import Milter
-
-from danemilter.config import DEFAULT_PATH, ConfigErrors, Settings, chosen_path, load
-from danemilter.engine import Engine
-from danemilter.errors import ConfigError, DanemilterError
-from danemilter.milter import DaneMilter, Runtime, RuntimeRef
+from danemilter.config import (
+    DEFAULT_PATH,
+    ConfigErrors,
+    Settings,
+    Transport,
+    chosen_path,
+    load,
+)
+from danemilter.errors import ConfigError, DanemilterError, ListenError
+from danemilter.milter.listen import ListenSpec, claim_unix_path, open_listener, unix_socket_owner
+from danemilter.milter.server import MilterServer
+from danemilter.milter.session import Runtime, RuntimeRef
+from danemilter.service import LoopThread, Service
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,7 @@ _MTA_TIMEOUT = 600
 # A replaced engine is closed once every lookup already running on it has ended: each
 # ends within its deadline plus the engine's own grace (engine._GRACE); this is more.
 _RETIRE_GRACE = 5.0
+_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -53,47 +62,6 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK (listen {settings.listen}, default dane={settings.policy.default.dane}"
           f" on_fail={settings.policy.default.on_fail}, {rules} domain rule(s))")
     return 0
-
-
-def _socket_path(listen: str) -> Path | None:
-    scheme, _, rest = listen.partition(":")
-    return Path(rest) if scheme in ("unix", "local") else None
-
-
-def _prepare_socket(settings: Settings) -> None:
-    path = _socket_path(settings.listen)
-    if path is None:
-        return
-    if not path.parent.is_dir():
-        raise DanemilterError(f"socket directory {path.parent} does not exist")
-    if settings.socket_mode is not None:
-        # libmilter creates the socket itself: the umask is the race-free way to its mode.
-        os.umask(0o777 & ~settings.socket_mode)
-
-
-def _chgrp_socket_when_created(settings: Settings, stop: threading.Event) -> None:
-    path = _socket_path(settings.listen)
-    if path is None or settings.socket_group is None:
-        return
-    try:
-        gid = grp.getgrnam(settings.socket_group).gr_gid
-    except KeyError:
-        raise DanemilterError(f"socket_group {settings.socket_group!r} does not exist") from None
-
-    def watch() -> None:
-        # libmilter offers no hook after bind(); wait for the socket to appear.
-        while not stop.wait(0.05):
-            try:
-                os.chown(path, -1, gid)
-                log.info("socket %s: group %s", path, settings.socket_group)
-                return
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.error("cannot set group of %s: %s", path, exc)
-                return
-
-    threading.Thread(target=watch, name="socket-group", daemon=True).start()
 
 
 def _setup_logging(level: str) -> None:
@@ -123,20 +91,129 @@ def _run(args: argparse.Namespace) -> int:
     path = chosen_path(args.config)
     settings = load(path)
     _setup_logging(settings.log_level)
+    # Signals wait until their handlers are in place: a SIGTERM that arrives as soon
+    # as the socket exists must stop the daemon cleanly, not kill it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    # Before anything starts: a socket another daemon serves, or one that cannot be
+    # bound, is a one-line error (exit 2), never a takeover.
+    if settings.transport is Transport.ASYNCIO:
+        sock = open_listener(settings.listen, settings.socket_mode, settings.socket_group)
+    else:
+        sock = None
+        listen = ListenSpec.parse(settings.listen)
+        if listen.kind == "systemd":
+            raise ListenError("listen: systemd needs transport: asyncio")
+        if listen.path is not None:
+            claim_unix_path(listen.path)
     listener = _log_through_a_queue()
     try:
-        return _serve(path, settings)
+        if sock is not None:
+            return asyncio.run(_Daemon(path, settings).serve(sock))
+        return _serve_libmilter(path, settings)
     finally:
         listener.stop()  # writes what is still queued
 
 
-def _serve(path: str | None, settings: Settings) -> int:
-    _prepare_socket(settings)
-    engine = Engine(settings.resolver, settings.cache)
-    ref = RuntimeRef(Runtime(settings, engine.domain_status, engine.domain_probe))
+def _load_for_reload(path: str | None) -> Settings | None:
+    """The re-read policy, or None (logged) when it cannot be used: the running one stays."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the current policy: %s", exc)
+    except Exception as exc:  # a hostile file (deep nesting...) must not end the daemon
+        log.error("reload failed, keeping the current policy: %s: %s", path,
+                  type(exc).__name__)
+    return None
+
+
+def _log_started(settings: Settings) -> None:
+    log.info("listening on %s (transport %s, config: %s, resolver %s:%d)", settings.listen,
+             settings.transport, settings.source, settings.resolver.address,
+             settings.resolver.port)
+
+
+class _Daemon:
+    """``transport: asyncio``: the milter, the service and the reloads on one loop."""
+
+    def __init__(self, path: str | None, settings: Settings) -> None:
+        self.path = path
+        self.settings = settings
+        self.longest_deadline = settings.deadline
+        self.retiring: set[asyncio.Task[None]] = set()
+
+    async def serve(self, sock: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        service = Service(self.settings.resolver, self.settings.cache)
+        ref = RuntimeRef(Runtime(self.settings, service))
+        server = MilterServer(ref, self.settings.limits)
+        await server.start(sock)
+        _log_started(self.settings)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload, ref)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        try:
+            await stop.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            await server.close()
+            for task in self.retiring:
+                task.cancel()
+            await asyncio.gather(*self.retiring, return_exceptions=True)
+            await ref.get().service.aclose()  # type: ignore[attr-defined]
+        log.info("stopped")
+        return 0
+
+    def _reload(self, ref: RuntimeRef) -> None:
+        settings = _load_for_reload(self.path)
+        if settings is None:
+            return
+        current = ref.get()
+        if settings.listen != current.settings.listen or \
+                settings.transport != current.settings.transport:
+            log.warning("listen or transport changed: takes effect after a restart")
+        if settings.limits != current.settings.limits:
+            log.warning("limits changed: they apply to connections after a restart")
+        service = current.service
+        if settings.resolver != current.settings.resolver or \
+                settings.cache != current.settings.cache:
+            old = current.service
+            service = Service(settings.resolver, settings.cache)
+            assert isinstance(old, Service)
+            old.retire()
+            task = asyncio.ensure_future(self._retire(old))
+            self.retiring.add(task)
+            task.add_done_callback(self.retiring.discard)
+        self.longest_deadline = max(self.longest_deadline, settings.deadline)
+        ref.set(Runtime(settings, service))
+        self.settings = settings
+        _setup_logging(settings.log_level)
+        log.info("reloaded %s", settings.source)
+
+    async def _retire(self, old: Service) -> None:
+        # Lookups already running on the old service end within their deadline.
+        await asyncio.sleep(self.longest_deadline + _RETIRE_GRACE)
+        await old.aclose()
+        log.info("closed the resolver and cache replaced by a reload")
+
+
+def _serve_libmilter(path: str | None, settings: Settings) -> int:
+    """``transport: libmilter``: libmilter's threads, the service on a loop thread."""
+    import Milter  # noqa: PLC0415 - only this transport needs the C library
+
+    from danemilter.milter.libmilter import DaneMilter  # noqa: PLC0415
+
+    engine = LoopThread(settings.resolver, settings.cache)
+    ref = RuntimeRef(Runtime(settings, engine.service))
     DaneMilter.runtime_ref = ref
+    DaneMilter.runner = engine.call
     Milter.factory = DaneMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+    if settings.socket_mode is not None:
+        # libmilter creates the socket itself: the umask is the race-free way to its mode.
+        os.umask(0o777 & ~settings.socket_mode)
 
     stop = threading.Event()
     reload_requested = threading.Event()
@@ -160,32 +237,34 @@ def _serve(path: str | None, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     # libmilter blocks signals in the thread that runs it and takes SIGHUP/SIGTERM
     # for itself; run it off the main thread so that Python's handlers see them.
     server = threading.Thread(target=serve, name="libmilter", daemon=True)
-    _chgrp_socket_when_created(settings, stop)
     server.start()
-    log.info("listening on %s (config: %s, resolver %s:%d)", settings.listen,
-             settings.source, settings.resolver.address, settings.resolver.port)
+    if _wait_until_listening(settings, stop):
+        _set_socket_group(settings)
+        _log_started(settings)
 
-    retiring: list[tuple[threading.Timer, Engine]] = []
+    retiring: list[tuple[threading.Timer, LoopThread]] = []
     longest_deadline = settings.deadline  # connections may still run under any earlier one
     while True:
         stop.wait()
         if reload_requested.is_set() and server.is_alive():
             reload_requested.clear()
             stop.clear()
-            replacement = _reload(path, ref, engine)
+            replacement = _reload_libmilter(path, ref, engine)
             longest_deadline = max(longest_deadline, ref.get().settings.deadline)
             # Engines already closed by their timers need not be kept for the exit.
             retiring = [(timer, old) for timer, old in retiring if timer.is_alive()]
             if replacement is not engine:
-                engine.retire()
+                engine.service.retire()
                 timer = threading.Timer(longest_deadline + _RETIRE_GRACE, _retire, (engine,))
                 timer.daemon = True
                 timer.start()
                 retiring.append((timer, engine))
                 engine = replacement
+                DaneMilter.runner = engine.call
             continue
         break
 
@@ -202,24 +281,52 @@ def _serve(path: str | None, settings: Settings) -> int:
     return 0
 
 
-def _retire(engine: Engine) -> None:
+def _wait_until_listening(settings: Settings, stop: threading.Event) -> bool:
+    """libmilter binds in its own thread and says nothing: wait until it accepts."""
+    listen = ListenSpec.parse(settings.listen)
+    while not stop.wait(0.02):
+        if listen.path is not None:
+            if unix_socket_owner(listen.path) is not None:
+                return True
+        else:
+            host = "127.0.0.1" if listen.host in ("0.0.0.0", None) else listen.host
+            host = "::1" if host == "::" else host
+            try:
+                socket.create_connection((host, listen.port), timeout=0.5).close()
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def _set_socket_group(settings: Settings) -> None:
+    listen = ListenSpec.parse(settings.listen)
+    if listen.path is None or settings.socket_group is None:
+        return
+    try:
+        gid = grp.getgrnam(settings.socket_group).gr_gid
+        os.chown(listen.path, -1, gid)
+        log.info("socket %s: group %s", listen.path, settings.socket_group)
+    except (KeyError, OSError) as exc:
+        log.error("cannot set group of %s: %s", listen.path, exc)
+
+
+def _retire(engine: LoopThread) -> None:
     engine.close()
     log.info("closed the resolver and cache replaced by a reload")
 
 
-def _reload(path: str | None, ref: RuntimeRef, engine: Engine) -> Engine:
+def _reload_libmilter(path: str | None, ref: RuntimeRef, engine: LoopThread) -> LoopThread:
     """Swap in the re-read policy; an invalid file keeps the running one."""
     current = ref.get().settings
-    try:
-        settings = load(path)
-    except ConfigError as exc:
-        log.error("reload failed, keeping the current policy: %s", exc)
+    settings = _load_for_reload(path)
+    if settings is None:
         return engine
-    if settings.listen != current.listen:
-        log.warning("listen changed to %s: takes effect after a restart", settings.listen)
+    if settings.listen != current.listen or settings.transport != current.transport:
+        log.warning("listen or transport changed: takes effect after a restart")
     if settings.resolver != current.resolver or settings.cache != current.cache:
-        engine = Engine(settings.resolver, settings.cache)
-    ref.set(Runtime(settings, engine.domain_status, engine.domain_probe))
+        engine = LoopThread(settings.resolver, settings.cache)
+    ref.set(Runtime(settings, engine.service))
     _setup_logging(settings.log_level)
     log.info("reloaded %s", settings.source)
     return engine

@@ -28,7 +28,9 @@ from danemilter.config import (
     parse,
 )
 from danemilter.dane import DomainState, DomainStatus
-from danemilter.milter import DaneMilter, Runtime, RuntimeRef, fold_header
+from danemilter.deadline import Deadline
+from danemilter.milter.libmilter import DaneMilter, Runtime, RuntimeRef, fold_header
+from danemilter.policy import staple_request
 from danemilter.probe import DomainProbe, OcspRequest, ProbeResult
 
 pytestmark = pytest.mark.timeout(10)
@@ -52,6 +54,28 @@ class Lookups:
             raise RuntimeError("simulated bug in the core")
         state, usage = STATUS[domain]
         return DomainStatus(domain, state, usage, True, (), "table", 60)
+
+
+class TableService:
+    """The service layer as the session sees it, answering from the tables here: every
+    recipient takes the lookup path, so each question is recorded."""
+
+    def __init__(self, lookups: Lookups, probes: Probes | None = None) -> None:
+        self.lookups = lookups
+        self.probes = probes
+
+    def cached_status(self, domain: str) -> DomainStatus | None:
+        return None
+
+    async def status(self, domain: str, deadline: Deadline) -> DomainStatus:
+        return self.lookups(domain, deadline.seconds)
+
+    async def probe(self, status: DomainStatus, rule: Rule, settings: ProbeSettings,
+                    deadline: Deadline) -> DomainProbe | None:
+        if self.probes is None:
+            return None
+        return self.probes(status, rule.probe, staple_request(rule), settings,
+                           deadline.remaining())
 
 
 class Ctx(testctx.TestCtx):
@@ -88,7 +112,7 @@ def lookups() -> Lookups:
 @pytest.fixture
 def use(lookups: Lookups) -> Iterator[Any]:
     def install(settings: Settings) -> None:
-        DaneMilter.runtime_ref = RuntimeRef(Runtime(settings, lookups))
+        DaneMilter.runtime_ref = RuntimeRef(Runtime(settings, TableService(lookups)))
     Milter.factory = DaneMilter
     install(Settings())
     yield install
@@ -335,7 +359,7 @@ def test_probe_results_reach_the_decision(lookups: Lookups) -> None:
     probes = Probes({"dane.example": "mismatch", "xn--bcher-kva.example": "verified"})
     rule = Rule(DaneMode.TRY, on_fail=FailAction.DEFER, probe=ProbeMode.INLINE)
     settings = Settings(policy=Policy(rule), deadline=4.0)
-    DaneMilter.runtime_ref = RuntimeRef(Runtime(settings, lookups, probes))
+    DaneMilter.runtime_ref = RuntimeRef(Runtime(settings, TableService(lookups, probes)))
     Milter.factory = DaneMilter
     ctx = Ctx()
     assert ctx._connect() == Milter.CONTINUE

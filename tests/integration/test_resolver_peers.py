@@ -37,12 +37,8 @@ class Peer:
     """A UDP+TCP DNS peer on a fresh loopback port whose replies a test chooses."""
 
     def __init__(self, udp_reply: Reply, tcp_reply: Reply | None = None) -> None:
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        self.udp, self.tcp = self._bind_pair()
         self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", self.port))
         self.tcp.listen()
         self.udp_queries = 0
         self.tcp_queries = 0
@@ -51,6 +47,24 @@ class Peer:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
                          threading.Thread(target=self._serve_tcp, daemon=True)]
+
+    @staticmethod
+    def _bind_pair(attempts: int = 50) -> tuple[socket.socket, socket.socket]:
+        """UDP and TCP sockets on the same fresh port: the kernel's UDP port may be taken
+        for TCP on a busy machine, so another port is tried until both bind."""
+        for _ in range(attempts):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("127.0.0.1", 0))
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+            except OSError:
+                udp.close()
+                tcp.close()
+                continue
+            return udp, tcp
+        raise RuntimeError("no loopback port free for both UDP and TCP")
 
     def _serve_udp(self) -> None:
         self.udp.settimeout(0.1)

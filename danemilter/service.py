@@ -1,0 +1,147 @@
+"""The one decision path every front end asks: statuses and probes, cached, coalesced,
+bounded by the caller's deadline.
+
+* A domain's status: a fresh in-process entry answers at once (no I/O, no await);
+  otherwise the cached evaluator (shared cache, then DNS) within the deadline.
+* Probes (``probe: cached | inline`` rules): results in the shared cache, else, for
+  ``inline``, every address probed in the process's probe pool, all of them together
+  bounded by what is left of the recipient's deadline.
+* One in-flight map (:class:`Coalescer`) joins concurrent questions, for statuses and
+  probes alike; cache trouble never reaches the caller.
+
+Everything here runs on one asyncio loop: the daemon's (asyncio transport) or a loop
+thread of its own (libmilter transport, see :class:`LoopThread`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from danemilter.cache import ProbeCache, StatusCache, open_cache
+from danemilter.cached import CachedEvaluator
+from danemilter.coalesce import Coalescer
+from danemilter.config.model import CacheSettings, ProbeMode, ProbeSettings, ResolverSettings, Rule
+from danemilter.dane import DomainEvaluator
+from danemilter.deadline import Deadline
+from danemilter.policy import staple_request
+from danemilter.probe import probe_within
+from danemilter.probe_result import DomainProbe, OcspRequest
+from danemilter.resolver import Resolver
+from danemilter.status import DomainStatus
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Below this, a TLS handshake cannot complete anyway; answer from the DNS status alone.
+MIN_PROBE_BUDGET = 0.2
+
+
+class Service:
+    def __init__(self, resolver: ResolverSettings, cache: CacheSettings) -> None:
+        self.cache: StatusCache = open_cache(cache)
+        self.inflight = Coalescer()
+        self.evaluator = CachedEvaluator(DomainEvaluator(Resolver(resolver)), self.cache,
+                                         coalescer=self.inflight)
+        self.probe_cache = ProbeCache(self.cache.backend, cache)
+
+    def cached_status(self, domain: str) -> DomainStatus | None:
+        now = time.time()
+        status = self.cache.peek(domain, now)
+        if status is None or self.cache.needs_refresh(domain, now):
+            return None  # the evaluator renews it in the background
+        return status
+
+    async def status(self, domain: str, deadline: Deadline) -> DomainStatus:
+        return await self.evaluator.evaluate(domain, deadline)
+
+    async def probe(self, status: DomainStatus, rule: Rule, settings: ProbeSettings,
+                    deadline: Deadline) -> DomainProbe | None:
+        if rule.probe is ProbeMode.OFF:
+            return None
+        ocsp = staple_request(rule)
+        try:
+            cached = await asyncio.to_thread(self.probe_cache.get, status, settings.port,
+                                             ocsp, time.time())
+        except Exception:
+            log.exception("reading the cached probe of %s failed", status.domain)
+            cached = None
+        if cached is not None or rule.probe is ProbeMode.CACHED:
+            return cached
+        if deadline.remaining() < MIN_PROBE_BUDGET:
+            log.info("no time left to probe %s (%.3f s)", status.domain, deadline.remaining())
+            return None
+        return await self.inflight.join(("probe", status.domain, ocsp), deadline,
+                                        lambda: self._probe(status, ocsp, settings, deadline))
+
+    async def _probe(self, status: DomainStatus, ocsp: OcspRequest, settings: ProbeSettings,
+                     deadline: Deadline) -> DomainProbe:
+        probe = await probe_within(status, deadline=deadline, port=settings.port,
+                                   timeout=settings.timeout, now=datetime.now(UTC),
+                                   helo=settings.helo, allow_private=settings.allow_private,
+                                   concurrency=settings.concurrency, ocsp=ocsp)
+        try:
+            await asyncio.to_thread(self.probe_cache.put, status, probe, settings.port, ocsp,
+                                    ttl=settings.cache_ttl, now=time.time())
+        except Exception:
+            log.exception("storing the probe of %s in the cache failed", status.domain)
+        return probe
+
+    def retire(self) -> None:
+        """Replaced by a reload: new lookups go elsewhere, so the in-process copies go
+        now (a lookup still running here pays a backend read); close follows later."""
+        self.cache.forget_local()
+        self.probe_cache.forget()
+
+    async def aclose(self) -> None:
+        await self.evaluator.aclose()
+        await self.inflight.aclose()
+        self.cache.close()  # quick, and no executor thread may outlive the service
+
+
+class LoopThread:
+    """A service on an event loop of its own, for callers in other threads (libmilter's
+    worker threads): they block on :meth:`call` while the loop does the I/O."""
+
+    def __init__(self, resolver: ResolverSettings, cache: CacheSettings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="danemilter-loop",
+                                        daemon=True)
+        self._thread.start()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+        async def make() -> Service:
+            return Service(resolver, cache)
+
+        self.service = self.call(make(), timeout=30)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self.call(self.service.aclose(), timeout=5)
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self.call(self.loop.shutdown_default_executor(), timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
