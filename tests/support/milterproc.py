@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.support.ports import unix_socket_accepts
+from tests.support.ports import free_port, unix_socket_accepts
 from tests.support.postfix import wait_for
 
 _START_TIMEOUT = 20.0
@@ -78,3 +79,28 @@ class MilterProcess:
             self.process = None
         shutil.rmtree(self.root, ignore_errors=True)
         return code
+
+
+class InetMilterProcess(MilterProcess):
+    """The same ``danemilter run``, listening on ``inet:PORT@127.0.0.1`` (a fresh port)."""
+
+    def __init__(self, config: str, log_level: str = "debug") -> None:
+        self.port = free_port()
+        super().__init__(config, log_level)
+
+    @property
+    def listen(self) -> str:
+        return f"inet:{self.port}@127.0.0.1"
+
+    @property
+    def postfix_address(self) -> str:
+        return f"inet:127.0.0.1:{self.port}"
+
+    def _accepting(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"milter exited with {self.process.returncode}: {self.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
