@@ -32,3 +32,8 @@ class Deadline:
         """This deadline or ``seconds`` from now, whichever comes first."""
         start = time.monotonic() if now is None else now
         return self if self.at <= start + seconds else Deadline(start + seconds, seconds)
+
+    def earlier(self, seconds: float) -> Deadline:
+        """A deadline ``seconds`` before this one: for work whose result must still be
+        used before this one passes."""
+        return Deadline(self.at - seconds, max(0.0, self.seconds - seconds))

@@ -43,6 +43,9 @@ T = TypeVar("T")
 
 # Below this, a TLS handshake cannot complete anyway; answer from the DNS status alone.
 MIN_PROBE_BUDGET = 0.2
+# Probes end this long before the recipient's deadline, so that their results (partial
+# ones included) are judged and stored before the waiting recipient gives up.
+PROBE_MARGIN = 0.05
 
 
 class Service:
@@ -84,7 +87,8 @@ class Service:
 
     async def _probe(self, status: DomainStatus, ocsp: OcspRequest, settings: ProbeSettings,
                      deadline: Deadline) -> DomainProbe:
-        probe = await probe_within(status, deadline=deadline, port=settings.port,
+        probe = await probe_within(status, deadline=deadline.earlier(PROBE_MARGIN),
+                                   port=settings.port,
                                    timeout=settings.timeout, now=datetime.now(UTC),
                                    helo=settings.helo, allow_private=settings.allow_private,
                                    concurrency=settings.concurrency, ocsp=ocsp)

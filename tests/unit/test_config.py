@@ -192,3 +192,34 @@ def test_probe_settings_and_rule() -> None:
 def test_probe_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigErrors, match=message):
         parse(text, "p.yaml")
+
+
+def test_transport_and_limits() -> None:
+    from danemilter.config import MilterLimits, Transport
+    default = parse("", "empty.yaml")
+    assert default.transport is Transport.ASYNCIO
+    assert default.limits == MilterLimits()
+    s = parse("transport: libmilter\nlisten: systemd\n"
+              "limits: {max_connections: 50, idle_timeout: 30, max_packet: 65536}\n", "t.yaml")
+    assert s.transport is Transport.LIBMILTER
+    assert s.listen == "systemd"
+    assert s.limits == MilterLimits(max_connections=50, idle_timeout=30, max_packet=65536)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("transport: threads\n", 1, "transport must be one of asyncio|libmilter"),
+        ("\nlimits: {max_packet: 100}\n", 2, "limits.max_packet must be between 65536"),
+        ("limits:\n  max_connections: 1.5\n", 2, "limits.max_connections must be a whole"),
+        ("limits:\n  idle_timeout: 0\n", 2, "limits.idle_timeout must be between 1"),
+        ("limits:\n  burst: 3\n", 2, "unknown key 'burst' in limits"),
+        ("listen: systemd:3\n", 1, "listen must be inet:PORT@HOST"),
+    ],
+)
+def test_transport_and_limit_errors_name_the_line(text: str, line: int, message: str) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        parse(text, "bad.yaml")
+    error = caught.value.errors[0]
+    assert error.line == line
+    assert message in str(error), str(error)
