@@ -55,6 +55,13 @@ class CachedEvaluator:
                                            lambda: self._miss(domain, deadline))
         return deadline_tempfail(domain, deadline) if answer is None else answer
 
+    async def evaluate_fresh(self, domain: str, deadline: Deadline) -> DomainStatus:
+        """Evaluate ``domain`` whatever the cache holds, and store the result."""
+        self.evaluations += 1
+        status = await self.evaluator.evaluate(domain, deadline)
+        await self._store(status)
+        return status
+
     async def _miss(self, domain: str, deadline: Deadline) -> DomainStatus:
         try:
             entry = await asyncio.to_thread(self.cache.lookup, domain, self._clock())
@@ -64,10 +71,7 @@ class CachedEvaluator:
         if entry is not None:
             self._refresh_if_due(domain, self._clock(), deadline.seconds)
             return entry.status
-        self.evaluations += 1
-        status = await self.evaluator.evaluate(domain, deadline)
-        await self._store(status)
-        return status
+        return await self.evaluate_fresh(domain, deadline)
 
     async def _store(self, status: DomainStatus) -> None:
         try:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ from danemilter.config.model import CacheSettings, ProbeMode, ProbeSettings, Res
 from danemilter.dane import DomainEvaluator
 from danemilter.deadline import Deadline
 from danemilter.policy import staple_request
-from danemilter.probe import probe_within
+from danemilter.probe import probe_domains, probe_within
 from danemilter.probe_result import DomainProbe, OcspRequest
 from danemilter.resolver import Resolver
 from danemilter.status import DomainStatus
@@ -63,7 +63,11 @@ class Service:
             return None  # the evaluator renews it in the background
         return status
 
-    async def status(self, domain: str, deadline: Deadline) -> DomainStatus:
+    async def status(self, domain: str, deadline: Deadline, *, fresh: bool = False
+                     ) -> DomainStatus:
+        """``fresh``: evaluate even when the cache has an answer (and store the new one)."""
+        if fresh:
+            return await self.evaluator.evaluate_fresh(domain, deadline)
         return await self.evaluator.evaluate(domain, deadline)
 
     async def probe(self, status: DomainStatus, rule: Rule, settings: ProbeSettings,
@@ -92,12 +96,41 @@ class Service:
                                    timeout=settings.timeout, now=datetime.now(UTC),
                                    helo=settings.helo, allow_private=settings.allow_private,
                                    concurrency=settings.concurrency, ocsp=ocsp)
+        await self._store_probe(status, probe, settings, ocsp)
+        return probe
+
+    async def probe_each(self, statuses: Sequence[DomainStatus], ocsp: OcspRequest,
+                         settings: ProbeSettings, *, fresh: bool = False
+                         ) -> list[DomainProbe]:
+        """Probes of every domain for a report (``danemilter verify``): each probe bounded
+        by ``settings.timeout`` rather than by a recipient's deadline, in the process's
+        pool; cached results where fresh (unless ``fresh``), new ones stored."""
+        found: dict[int, DomainProbe] = {}
+        if not fresh:
+            now = time.time()
+            for index, status in enumerate(statuses):
+                hit = await asyncio.to_thread(self.probe_cache.get, status, settings.port,
+                                              ocsp, now)
+                if hit is not None:
+                    found[index] = hit
+        missing = [i for i in range(len(statuses)) if i not in found]
+        probed = await asyncio.to_thread(
+            probe_domains, [statuses[i] for i in missing], port=settings.port,
+            timeout=settings.timeout, now=datetime.now(UTC), helo=settings.helo,
+            allow_private=settings.allow_private, concurrency=settings.concurrency,
+            ocsp=ocsp)
+        for index, probe in zip(missing, probed, strict=True):
+            found[index] = probe
+            await self._store_probe(statuses[index], probe, settings, ocsp)
+        return [found[i] for i in range(len(statuses))]
+
+    async def _store_probe(self, status: DomainStatus, probe: DomainProbe,
+                           settings: ProbeSettings, ocsp: OcspRequest) -> None:
         try:
             await asyncio.to_thread(self.probe_cache.put, status, probe, settings.port, ocsp,
                                     ttl=settings.cache_ttl, now=time.time())
         except Exception:
             log.exception("storing the probe of %s in the cache failed", status.domain)
-        return probe
 
     def retire(self) -> None:
         """Replaced by a reload: new lookups go elsewhere, so the in-process copies go

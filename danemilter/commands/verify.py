@@ -15,20 +15,20 @@ import logging
 import os
 import socket
 import sys
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from danemilter import config
-from danemilter.cache import BackendName, ProbeCache, StatusCache, open_cache
-from danemilter.cached import CachedEvaluator
-from danemilter.dane import DomainEvaluator, DomainState, DomainStatus
+from danemilter.config.model import BackendName
+from danemilter.deadline import Deadline
 from danemilter.errors import DanemilterError, UsageError
 from danemilter.names import normalize_domain
-from danemilter.probe import DomainProbe, OcspRequest, ProbeResult, probe_domains
-from danemilter.resolver import Resolver, ResolverSettings
+from danemilter.probe_result import DomainProbe, OcspRequest, ProbeResult
+from danemilter.resolver import ResolverSettings
+from danemilter.service import Service
+from danemilter.status import DomainState, DomainStatus
 
 _DEFAULT_DEADLINE = 5.0
 _CONCURRENCY = 32
@@ -114,16 +114,10 @@ def _run(args: argparse.Namespace) -> int:
     domains = [normalize_domain(d) for d in args.domains]
     settings = _settings(args)
     resolver = _resolver_settings(args, settings)
-    cache = _shared_cache(args, settings, resolver)
-    try:
-        statuses = asyncio.run(evaluate_all(domains, resolver, args.timeout, cache,
-                                            fresh=args.fresh))
-        if not args.dns_only:
-            probed = _probe_all(args, settings, statuses, cache)
-            return _report_probes(args, probed)
-    finally:
-        if cache is not None:
-            cache.close()
+    cache = _shared_cache(args, settings, resolver) or config.CacheSettings(backend="memory")
+    statuses, probed = asyncio.run(_ask_service(args, settings, resolver, cache, domains))
+    if probed is not None:
+        return _report_probes(args, probed)
     if args.json:
         json.dump([s.to_json() for s in statuses], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -158,7 +152,7 @@ def _resolver_settings(args: argparse.Namespace, settings: config.Settings) -> R
 
 
 def _shared_cache(args: argparse.Namespace, settings: config.Settings,
-                  resolver: ResolverSettings) -> StatusCache | None:
+                  resolver: ResolverSettings) -> config.CacheSettings | None:
     """The milter's cache, when what this run learns is what the milter would learn.
 
     Not with another resolver than the configured one (its answers are not the
@@ -181,37 +175,43 @@ def _shared_cache(args: argparse.Namespace, settings: config.Settings,
             return None
         if owner != os.geteuid():
             return None
-    return open_cache(cache)
+    return cache
 
 
-def _probe_all(args: argparse.Namespace, settings: config.Settings,
-               statuses: Sequence[DomainStatus], cache: StatusCache | None) -> list[DomainProbe]:
-    port = args.port if args.port is not None else settings.probe.port
-    ocsp: OcspRequest = args.ocsp
-    probes = None if cache is None else ProbeCache(cache.backend, cache.settings)
-    found: dict[int, DomainProbe] = {}
-    if probes is not None and not args.fresh:
-        now = time.time()
-        for index, status in enumerate(statuses):
-            hit = probes.get(status, port, ocsp, now)
-            if hit is not None:
-                found[index] = hit
-    missing = [i for i in range(len(statuses)) if i not in found]
-    helo = args.helo or (settings.probe.helo if settings.source != config.BUILT_IN
+async def _ask_service(args: argparse.Namespace, settings: config.Settings,
+                       resolver: ResolverSettings, cache: config.CacheSettings,
+                       domains: Sequence[str]
+                       ) -> tuple[list[DomainStatus], list[DomainProbe] | None]:
+    """Statuses of ``domains`` and (unless --dns-only) their probes, from the service
+    the milter uses: the same cache, coalescing and probe pool."""
+    service = Service(resolver, cache)
+    limit = asyncio.Semaphore(_CONCURRENCY)
+
+    async def one(domain: str) -> DomainStatus:
+        async with limit:
+            return await service.status(domain, Deadline.after(args.timeout),
+                                        fresh=args.fresh)
+
+    try:
+        statuses = list(await asyncio.gather(*(one(d) for d in domains)))
+        if args.dns_only:
+            return statuses, None
+        probes = await service.probe_each(statuses, OcspRequest(args.ocsp),
+                                          _probe_settings(args, settings), fresh=args.fresh)
+        return statuses, probes
+    finally:
+        await service.aclose()  # a refresh begun ahead of expiry has no one to wait for
+
+
+def _probe_settings(args: argparse.Namespace, settings: config.Settings
+                    ) -> config.ProbeSettings:
+    probe = settings.probe
+    helo = args.helo or (probe.helo if settings.source != config.BUILT_IN
                          else socket.gethostname() or "localhost")
-    fresh = probe_domains(
-        [statuses[i] for i in missing], port=port, timeout=args.timeout,
-        now=datetime.now(UTC), helo=helo,
-        allow_private=args.allow_private or settings.probe.allow_private,
-        concurrency=args.concurrency or settings.probe.concurrency, ocsp=ocsp,
-    )
-    now = time.time()
-    for index, probe in zip(missing, fresh, strict=True):
-        found[index] = probe
-        if probes is not None:
-            probes.put(statuses[index], probe, port, ocsp, ttl=settings.probe.cache_ttl,
-                       now=now)
-    return [found[i] for i in range(len(statuses))]
+    return replace(probe, port=args.port if args.port is not None else probe.port,
+                   timeout=args.timeout, helo=helo,
+                   allow_private=args.allow_private or probe.allow_private,
+                   concurrency=args.concurrency or probe.concurrency)
 
 
 def _report_probes(args: argparse.Namespace, probed: Sequence[DomainProbe]) -> int:
@@ -263,32 +263,6 @@ def _probe_level(result: ProbeResult) -> tuple[int, str]:
     if result.ocsp in ("stale", "absent") and (result.must_staple or result.ocsp_url):
         return (2 if result.must_staple else 1), f"OCSP {result.ocsp}"
     return 0, ""
-
-
-async def evaluate_all(
-    domains: Sequence[str], settings: ResolverSettings, deadline: float,
-    cache: StatusCache | None = None, *, fresh: bool = False,
-) -> list[DomainStatus]:
-    """Statuses of ``domains``: through ``cache`` as the milter asks it, unless ``fresh``
-    (then evaluated, and stored in ``cache``)."""
-    evaluator = DomainEvaluator(Resolver(settings))
-    cached = CachedEvaluator(evaluator, cache) if cache is not None and not fresh else None
-    limit = asyncio.Semaphore(_CONCURRENCY)
-
-    async def one(domain: str) -> DomainStatus:
-        async with limit:
-            if cached is not None:
-                return await cached.evaluate(domain, deadline)
-            status = await evaluator.evaluate(domain, deadline)
-            if cache is not None:
-                await asyncio.to_thread(cache.put, status, time.time())
-            return status
-
-    try:
-        return list(await asyncio.gather(*(one(d) for d in domains)))
-    finally:
-        if cached is not None:
-            await cached.aclose()  # a refresh begun ahead of expiry has no one to wait for
 
 
 def describe(status: DomainStatus) -> str:
