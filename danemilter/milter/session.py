@@ -16,10 +16,17 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from danemilter.config.model import ApplyTo, DaneMode, ErrorAction, ProbeSettings, Rule, Settings
+from danemilter.config.model import (
+    ApplyTo,
+    DaneMode,
+    ErrorAction,
+    FailAction,
+    ProbeSettings,
+    Rule,
+    Settings,
+)
 from danemilter.deadline import Deadline
-from danemilter.errors import InputError
-from danemilter.names import domain_of_address
+from danemilter.names import delivery_destination
 from danemilter.policy import Action, Decision, Reply, decide, wants_probe
 from danemilter.probe_result import DomainProbe
 from danemilter.status import DomainStatus
@@ -168,14 +175,14 @@ class Session:
             settings = self.runtime.settings
             if not self._applies(settings):
                 return None
-            try:
-                domain = domain_of_address(recipient)
-            except InputError as exc:
-                # Not ours to judge (address literal, local part only): the MTA decides.
-                log.info("%s: not checking %s: %s", self.queue_id, recipient, exc)
-                return None
-            if settings.skips(domain):
-                return None
+            # Judged by the domain the MTA delivers to after its own rewriting (percent
+            # hack, bang path, quoted local part, local domains): never by the text.
+            destination = delivery_destination(recipient, settings.skips)
+            domain = destination.domain
+            if domain is None:
+                if destination.local:
+                    return None
+                return self._unknown_destination(recipient, destination.reason)
             rule = settings.policy.rule_for(domain)
             if rule.dane is DaneMode.OFF:
                 return None
@@ -265,6 +272,29 @@ class Session:
             return self.client is not None and any(self.client in net
                                                    for net in settings.networks)
         return True
+
+    def _unknown_destination(self, recipient: str, why: str) -> RcptAnswer:
+        """A recipient whose delivery domain cannot be known here, judged by the default
+        rule: where it requires DANE, ``on_fail`` applies (fail closed), since the
+        MTA may deliver it anywhere."""
+        settings = self.runtime.settings
+        rule = settings.policy.default
+        if rule.dane is not DaneMode.REQUIRE:
+            log.info("%s: not checking %s: %s", self.queue_id, recipient, why)
+            return None
+        text = (f"Cannot tell which domain this recipient is delivered to ({why}) "
+                "and policy requires DANE")
+        log.info("%s: rcpt=%s undetermined destination (%s) action=%s", self.queue_id,
+                 recipient, why, "report-only" if settings.report_only else rule.on_fail)
+        if settings.report_only:
+            return None
+        if rule.on_fail is FailAction.DEFER:
+            return Reply(450, "4.7.4", rule.reply or text)
+        if rule.on_fail is FailAction.REJECT:
+            return Reply(550, "5.7.4", rule.reply or text)
+        if rule.on_fail is FailAction.HOLD:
+            self.hold_reasons.append(f"DANE policy for {recipient}: {why}")
+        return None
 
     def _apply(self, recipient: str, decision: Decision) -> RcptAnswer:
         settings = self.runtime.settings
