@@ -1,0 +1,169 @@
+"""What the policy socket answers (pure code): the TLS policy a delivery must use, and
+the Exim RCPT line, from the same settings and domain status as the milter's verdict.
+
+The delivery policy for a domain (socketmap ``dane`` map; docs/policy-socket.md argues
+each line):
+
+* ``dane: require``                  -> ``dane-only`` whatever the status (Postfix defers
+  anything but DANE, which is what the rule promised at RCPT); no lookup needed;
+* ``dane: try``, status ``dane``     -> ``dane-only``: the domain was DANE when the milter
+  accepted the message, and RFC 7672 §2.2 makes authenticated TLS mandatory then; it
+  also keeps an MTA whose own resolver cannot validate from quietly delivering it
+  without DANE;
+* ``dane: try``, any other status    -> ``dane`` (the MTA's own opportunistic DANE);
+* ``dane: try``, status ``tempfail`` (the lookup failed or did not finish in time)
+  -> ``TEMP``: the answer may have to be ``dane-only``, and a weaker one must not be
+  guessed;
+* ``dane: off``, a skipped domain, ``report_only``, a key that is no domain
+  (``[host]:port``) -> ``NOTFOUND`` (the MTA's own default applies).
+
+Parent-domain keys (``.example.org``, asked by Postfix after ``sub.example.org`` got
+NOTFOUND) follow the suffix rules, except that they are NOTFOUND wherever a domain below
+them is ``off`` or skipped: Postfix asks a parent only after NOTFOUND for the full
+domain, and every domain this service governs answers in full, so the child that asked
+is one whose policy is "the MTA's default"; a parent answer must not override that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from danemilter.config.model import DaneMode, Rule, Settings
+from danemilter.errors import InputError
+from danemilter.names import normalize_domain
+from danemilter.policy import Decision
+from danemilter.status import DomainState, DomainStatus
+
+MAP_NAME = "dane"  # smtp_tls_policy_maps = socketmap:unix:PATH:dane
+
+
+class TlsPolicy(StrEnum):
+    """A delivery's TLS policy, in Postfix's words (``none``: NOTFOUND, ``temp``: TEMP)."""
+
+    DANE_ONLY = "dane-only"
+    DANE = "dane"
+    NONE = "none"
+    TEMP = "temp"
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsStatus:
+    """The answer depends on the domain's status: look it up, then :func:`for_status`."""
+
+    domain: str
+    rule: Rule
+
+
+def for_key(settings: Settings, key: str) -> TlsPolicy | NeedsStatus:
+    """The policy for a socketmap key, or what must be looked up to give it."""
+    if settings.report_only:
+        return TlsPolicy.NONE
+    text = key.strip()
+    parent = text.startswith(".")
+    try:
+        domain = normalize_domain(text[1:] if parent else text, underscore=True)
+    except InputError:
+        return TlsPolicy.NONE  # [host]:port, an address literal: no recipient domain
+    if parent:
+        return _for_parent(settings, domain)
+    if settings.skips(domain):
+        return TlsPolicy.NONE
+    rule = settings.policy.rule_for(domain)
+    if rule.dane is DaneMode.OFF:
+        return TlsPolicy.NONE
+    if rule.dane is DaneMode.REQUIRE:
+        return TlsPolicy.DANE_ONLY
+    return NeedsStatus(domain, rule)
+
+
+def _for_parent(settings: Settings, parent: str) -> TlsPolicy:
+    under = "." + parent
+    exempt = [pattern for pattern, rule in settings.policy.domains.items()
+              if rule.dane is DaneMode.OFF]
+    exempt.extend(settings.skip_domains)
+    for pattern in exempt:
+        name = pattern.removeprefix(".")
+        if name.endswith(under) or (pattern.startswith(".") and name == parent):
+            return TlsPolicy.NONE
+    if settings.skips("x" + under):
+        return TlsPolicy.NONE
+    # The rule of a subdomain that has none of its own: the suffix rules, then default.
+    rule = _suffix_rule(settings, parent)
+    if rule.dane is DaneMode.OFF:
+        return TlsPolicy.NONE
+    return TlsPolicy.DANE_ONLY if rule.dane is DaneMode.REQUIRE else TlsPolicy.DANE
+
+
+def _suffix_rule(settings: Settings, parent: str) -> Rule:
+    labels = parent.split(".")
+    for i in range(len(labels)):
+        rule = settings.policy.domains.get("." + ".".join(labels[i:]))
+        if rule is not None:
+            return rule
+    return settings.policy.default
+
+
+def for_status(status: DomainStatus) -> TlsPolicy:
+    """A ``try`` domain's policy from its status."""
+    if status.status is DomainState.DANE:
+        return TlsPolicy.DANE_ONLY
+    if status.status is DomainState.TEMPFAIL:
+        return TlsPolicy.TEMP
+    return TlsPolicy.DANE
+
+
+def socketmap_reply(policy: TlsPolicy, why: str = "") -> bytes:
+    """The socketmap_table(5) reply text (before netstring framing)."""
+    if policy is TlsPolicy.NONE:
+        return b"NOTFOUND "
+    if policy is TlsPolicy.TEMP:
+        return b"TEMP " + (why or "DANE status not known yet").encode()
+    return b"OK " + policy.value.encode()
+
+
+# --- Exim's RCPT line --------------------------------------------------------------
+
+def _quoted(value: str) -> str:
+    """A double-quoted value for Exim's ${extract{KEY}{LINE}} (backslash escapes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class RcptLine:
+    """One answer to ``rcpt DOMAIN``: ``KEY=VALUE`` fields Exim reads with
+    ``${extract{action}{$acl_m_dane}}``; ``code``, ``xcode`` and ``text`` only when the
+    recipient is refused, ``header`` only when a header is due.
+    """
+
+    action: str  # accept | tag | hold | defer | reject
+    status: str
+    tls: TlsPolicy
+    code: int | None = None
+    xcode: str | None = None
+    text: str | None = None
+    header_name: str | None = None
+    header: str | None = None
+
+    def encode(self) -> bytes:
+        fields = [f"action={self.action}", f"status={self.status}", f"tls={self.tls}"]
+        if self.code is not None and self.xcode is not None and self.text is not None:
+            fields += [f"code={self.code}", f"xcode={self.xcode}",
+                       f"text={_quoted(self.text)}"]
+        if self.header is not None and self.header_name is not None:
+            fields += [f"header_name={self.header_name}", f"header={_quoted(self.header)}"]
+        return (" ".join(fields) + "\n").encode()
+
+
+def rcpt_line(settings: Settings, decision: Decision | None, tls: TlsPolicy) -> RcptLine:
+    """``decision`` None: the domain is not checked (off, skipped)."""
+    if decision is None:
+        return RcptLine("accept", "skipped", tls)
+    if settings.report_only:
+        return RcptLine("accept", decision.status, tls)
+    reply = decision.reply
+    if reply is not None and decision.refuses_recipient:
+        return RcptLine(decision.action, decision.status, tls, reply.code, reply.xcode,
+                        reply.text)
+    return RcptLine(decision.action, decision.status, tls, header_name=settings.header,
+                    header=decision.header_value())
