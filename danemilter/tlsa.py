@@ -6,19 +6,23 @@ Pure code: takes certificates, records, names and ``now``; performs no I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
-from danemilter.certs import issued_by, load_der_certificate, signed_by_key, spki_der
+from danemilter.certs import issued_by, signed_by_key, spki_der
 from danemilter.errors import CertificateError, InputError
+
+_ExtensionT = TypeVar("_ExtensionT", bound=x509.ExtensionType)
 
 
 class Usage(IntEnum):
@@ -85,13 +89,21 @@ class TLSARecord:
 
     @property
     def usable(self) -> bool:
-        """Usable for SMTP per RFC 7672 §3.1: DANE-TA/DANE-EE, known selector and digest."""
+        """Usable for SMTP per RFC 7672 §3.1: DANE-TA/DANE-EE, known selector and digest.
+
+        Full(0) data must also be what the selector says, a whole certificate with a
+        usable key or a SubjectPublicKeyInfo: a truncated one, one with trailing bytes or
+        an invalid EC point can never match (RFC 6698 §2.1.3 defines the field as that
+        structure), and OpenSSL, so Postfix, drops it as unusable. A domain whose only
+        records are damaged is then "all records unusable" (mandatory unauthenticated
+        TLS, RFC 7672 §2.2), not a mismatch.
+        """
         if self.usage not in (Usage.DANE_TA, Usage.DANE_EE):
             return False
         if self.selector not in (Selector.CERT, Selector.SPKI):
             return False
         if self.mtype == MatchingType.FULL:
-            return True
+            return _parse_full(self.selector, self.data) is not None
         expected = _DIGEST_LENGTH.get(MatchingType(self.mtype)) if self.mtype in (1, 2) else None
         return expected is not None and len(self.data) == expected
 
@@ -110,10 +122,6 @@ def association_data(der: bytes, mtype: int) -> bytes:
 # --- Chain matching (RFC 7672 §3, RFC 7671 §5 and §9) ---------------------------------------
 
 _NO_MATCH = "no TLSA record matches the certificate chain"
-# Bound the issuer search: a hostile server may send many certificates that all sign each
-# other (one name, one key), which would make the paths through them factorial in number.
-_SIGNATURE_BUDGET = 64
-_PATH_STEP_BUDGET = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,24 +137,6 @@ class MatchResult:
     depth: int | None
     usable_records: int
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class _RecordAnchor:
-    """A DANE-TA trust anchor carried in the record itself (``2 0 0`` or ``2 1 0``)."""
-
-    record: TLSARecord
-    key: PublicKeyTypes
-    cert: x509.Certificate | None
-
-
-@dataclass(frozen=True, slots=True)
-class _TrustPath:
-    """Signatures verified from the leaf up to a DANE-TA anchor."""
-
-    record: TLSARecord
-    depth: int
-    intermediates: tuple[int, ...]
 
 
 def match_chain(
@@ -222,179 +212,326 @@ def _match_dane_ta(
     now: datetime,
     count: int,
 ) -> MatchResult:
-    finder = _PathFinder(chain, anchors)
-    failure: MatchResult | None = None
-    for path in finder.paths():
-        problem = _intermediate_problem(chain, path.intermediates, now)
-        if problem is None:
-            return _check_leaf(chain[0], path, names, now, count)
-        failure = failure or MatchResult(False, path.depth, count, problem)
+    """DANE-TA as OpenSSL's X509_verify_cert does it, which is what Postfix delivers by.
+
+    RFC 7671 §5.2 leaves path construction to the implementation; where we built every
+    path through cross-signed alternatives, OpenSSL builds one (``_build_path``) and
+    Postfix then refuses what we accepted. The records are tried in OpenSSL's order
+    (``_openssl_order``) so that the depth reported never depends on record order.
+    """
+    ordered = _openssl_order(anchors)
+    path, trusted = _build_path(chain, ordered, now)
+    if trusted is None:
+        return _untrusted(chain, ordered, count)
+    depth, record, bare = trusted
+    problem = _chain_problem(path, bare) or _name_problem(path[0], names)
+    if problem is not None:
+        return MatchResult(False, depth, count, problem)
+    failure = _signature_problem(path, bare, now)
     if failure is not None:
-        return failure
-    if finder.in_chain:
-        depth = min(finder.in_chain)
-        return MatchResult(
-            False, depth, count,
-            f"DANE-TA {_rdata(finder.in_chain[depth])} matches the certificate at depth "
-            f"{depth}, but no chain of valid signatures leads from the leaf to it",
-        )
-    if finder.leaf_record is not None:
+        problem, bad_signature = failure
+        # An anchor that only the record supplies, and that signed nothing presented, has
+        # no place in this chain to report.
+        placed = bare or not bad_signature or any(_same_cert(path[depth], c) for c in chain)
+        return MatchResult(False, depth if placed else None, count, problem)
+    return MatchResult(True, depth, count, f"matched DANE-TA {_rdata(record)} at depth {depth}")
+
+
+def _openssl_order(records: list[TLSARecord]) -> list[TLSARecord]:
+    """OpenSSL keeps TLSA records sorted by usage, selector, then digest strength, all
+    descending (ssl/ssl_lib.c dane_tlsa_add); the first that matches is the one in play."""
+    return sorted(records, key=lambda r: (-r.usage, -r.selector, -_DIGEST_ORDER[r.mtype]))
+
+
+_DIGEST_ORDER: dict[int, int] = {MatchingType.FULL: 0, MatchingType.SHA2_256: 1,
+                                 MatchingType.SHA2_512: 2}
+_NO_PATH = "no chain of valid signatures"
+
+
+def _build_path(
+    chain: Sequence[x509.Certificate], records: list[TLSARecord], now: datetime
+) -> tuple[list[x509.Certificate], tuple[int, TLSARecord, bool] | None]:
+    """OpenSSL's build_chain for DANE: one path, no backtracking.
+
+    From the leaf, each step takes the first candidate that names the certificate's
+    issuer, agrees with its authority key identifier and has the key type of its
+    signature (preferring one within its validity dates); signatures are checked only
+    once the path is complete. Candidates are the certificates of ``2 0 0`` records, then
+    those presented. The path ends at a self-signed certificate, when no candidate is
+    left, or at the first certificate above the leaf that a DANE-TA record matches; the
+    leaf itself is never a DANE-TA match (a self-signed server certificate belongs in a
+    DANE-EE record, RFC 7671 §5.1-5.2). Without such a match, the top of the path may
+    still be signed by a ``2 1 0`` record's bare key.
+
+    Returns the path and, when trusted, (anchor depth, record, whether a bare key).
+    """
+    untrusted = [a.cert for a in map(_record_anchor, records) if a and a.cert is not None]
+    untrusted += chain
+    path = [chain[0]]
+    while not _self_signed(path[-1]):
+        issuer = _next_issuer(path, untrusted, now)
+        if issuer is None:
+            break
+        untrusted = [c for c in untrusted if c is not issuer]
+        path.append(issuer)
+        record = next((r for r in records if _matches(issuer, r)), None)
+        if record is not None:
+            return path, (len(path) - 1, record, False)
+    top = path[-1]
+    for anchor in map(_record_anchor, records):
+        if anchor is not None and anchor.cert is None and signed_by_key(top, anchor.key):
+            return path, (len(path) - 1, anchor.record, True)
+    return path, None
+
+
+def _next_issuer(path: list[x509.Certificate], candidates: list[x509.Certificate],
+                 now: datetime) -> x509.Certificate | None:
+    """OpenSSL's find_issuer: the first likely issuer in date, else the one expiring last."""
+    current = path[-1]
+    fallback: x509.Certificate | None = None
+    for candidate in candidates:
+        if not _likely_issued(candidate, current):
+            continue
+        if any(_same_cert(candidate, c) for c in path) and not (
+                len(path) == 1 and current.subject == current.issuer):
+            continue
+        if _validity_problem(candidate, now, "") is None:
+            return candidate
+        if fallback is None or candidate.not_valid_after_utc > fallback.not_valid_after_utc:
+            fallback = candidate
+    return fallback
+
+
+def _untrusted(chain: Sequence[x509.Certificate], records: list[TLSARecord],
+               count: int) -> MatchResult:
+    # Say which record was in play when a presented certificate matches one, though no
+    # path reached it: that is the operator's clue (a missing or misordered intermediate).
+    for depth, cert in enumerate(chain[1:], start=1):
+        record = next((r for r in records if _matches(cert, r)), None)
+        if record is not None:
+            return MatchResult(
+                False, depth, count,
+                f"DANE-TA {_rdata(record)} matches the certificate at depth {depth}, "
+                f"but {_NO_PATH} leads from the leaf to it",
+            )
+    record = next((r for r in records if _matches(chain[0], r)), None)
+    if record is not None:
         return MatchResult(
             False, None, count,
-            f"DANE-TA {_rdata(finder.leaf_record)} matches the leaf certificate, which is "
-            "not self-signed and so cannot be its own trust anchor (publish it as DANE-EE 3)",
+            f"DANE-TA {_rdata(record)} matches the leaf certificate, which cannot be its "
+            "own trust anchor (publish it as DANE-EE 3)",
         )
     return MatchResult(False, None, count, _NO_MATCH)
 
 
-def _check_leaf(
-    leaf: x509.Certificate, path: _TrustPath, names: Sequence[str], now: datetime, count: int
-) -> MatchResult:
-    problem = _validity_problem(leaf, now, "leaf certificate") or _name_problem(leaf, names)
-    if problem is not None:
-        return MatchResult(False, path.depth, count, problem)
-    return MatchResult(True, path.depth, count,
-                       f"matched DANE-TA {_rdata(path.record)} at depth {path.depth}")
+def _chain_problem(path: list[x509.Certificate], bare: bool) -> str | None:
+    """OpenSSL's check_chain for the SSL server purpose (RFC 5280 §4.2.1.3, §4.2.1.9).
 
-
-class _PathFinder:
-    """Finds signature paths from the leaf to DANE-TA anchors, nearest anchor first.
-
-    Anchors are presented certificates matching a record (depth >= 1; the leaf only when
-    self-signed, since a DANE-TA record designates an issuer and a self-signed server
-    certificate is its own issuer) and anchors carried whole by ``2 0 0`` / ``2 1 0``
-    records. Presented certificates may arrive out of order or with extras (cross
-    certificates), so issuers are looked up by subject and signature, not by position.
+    Every certificate above the leaf must be a CA, the DANE-TA anchor included when it is
+    a certificate (its authority comes from the record, but it is still used as an
+    issuer); only the top may be a CA by keyUsage or as a v1 root, without
+    basicConstraints. Path length constraints and unknown critical extensions apply too.
     """
-
-    def __init__(self, chain: Sequence[x509.Certificate], records: list[TLSARecord]) -> None:
-        self._chain = chain
-        self._signatures = _SIGNATURE_BUDGET
-        self._steps = _PATH_STEP_BUDGET
-        self._issued: dict[tuple[int, int], bool] = {}
-        self._anchored: dict[tuple[int, int], bool] = {}
-        self.in_chain: dict[int, TLSARecord] = {}
-        self.leaf_record: TLSARecord | None = None
-        for index, cert in enumerate(chain):
-            record = next((r for r in records if _matches(cert, r)), None)
-            if record is None:
-                continue
-            if index == 0 and not self._issued_by(0, 0):
-                self.leaf_record = record
-            else:
-                self.in_chain[index] = record
-        # A record matching a presented certificate anchors there; as a bare key it
-        # would also "sign" the certificate below and be reported one position too low.
-        presented = {*self.in_chain.values(), self.leaf_record}
-        self._external = [
-            anchor
-            for anchor in map(_record_anchor, records)
-            if anchor is not None and anchor.record not in presented
-        ]
-
-    def paths(self) -> Iterator[_TrustPath]:
-        yield from self._walk([0])
-
-    def _walk(self, path: list[int]) -> Iterator[_TrustPath]:
-        if self._steps <= 0:
-            return
-        self._steps -= 1
-        current = path[-1]
-        if current in self.in_chain:
-            yield _TrustPath(self.in_chain[current], current, tuple(path[1:-1]))
-        for number, anchor in enumerate(self._external):
-            if self._signed_by_external(current, number):
-                yield _TrustPath(anchor.record, self._anchor_depth(anchor, current),
-                                 tuple(path[1:]))
-        for index in range(len(self._chain)):
-            if index not in path and self._issued_by(current, index):
-                yield from self._walk([*path, index])
-
-    def _issued_by(self, child: int, issuer: int) -> bool:
-        key = (child, issuer)
-        if key not in self._issued:
-            if self._chain[child].issuer != self._chain[issuer].subject:
-                self._issued[key] = False
-            elif not self._spend_signature():
-                return False
-            else:
-                self._issued[key] = issued_by(self._chain[child], self._chain[issuer])
-        return self._issued[key]
-
-    def _signed_by_external(self, child: int, number: int) -> bool:
-        key = (child, number)
-        if key not in self._anchored:
-            if not self._spend_signature():
-                return False
-            self._anchored[key] = _signed_by_anchor(self._chain[child], self._external[number])
-        return self._anchored[key]
-
-    def _spend_signature(self) -> bool:
-        if self._signatures <= 0:
-            return False
-        self._signatures -= 1
-        return True
-
-    def _anchor_depth(self, anchor: _RecordAnchor, signed: int) -> int:
-        if anchor.cert is None:
-            # A bare key has no certificate to place: report the certificate it signed.
-            return signed
-        spki = spki_der(anchor.cert)
-        for index, cert in enumerate(self._chain):
-            if spki is not None and cert.subject == anchor.cert.subject \
-                    and spki_der(cert) == spki:
-                return index  # the anchor stands in for this presented certificate
-        return signed + 1
-
-
-def _record_anchor(record: TLSARecord) -> _RecordAnchor | None:
-    if record.mtype != MatchingType.FULL:
-        return None
-    try:
-        if record.selector == Selector.CERT:
-            cert = load_der_certificate(record.data, "DANE-TA record")
-            return _RecordAnchor(record, cert.public_key(), cert)
-        return _RecordAnchor(record, serialization.load_der_public_key(record.data), None)
-    except (CertificateError, ValueError, TypeError, UnsupportedAlgorithm):
-        return None
-
-
-def _signed_by_anchor(cert: x509.Certificate, anchor: _RecordAnchor) -> bool:
-    if anchor.cert is not None:
-        return issued_by(cert, anchor.cert)
-    return signed_by_key(cert, anchor.key)
-
-
-def _intermediate_problem(
-    chain: Sequence[x509.Certificate], intermediates: tuple[int, ...], now: datetime
-) -> str | None:
-    """RFC 5280 checks on the certificates between leaf and anchor.
-
-    The anchor itself is exempt: its authority comes from the DNSSEC-signed record,
-    as a trust anchor's does from a trust store (RFC 5280 §6.1).
-    """
-    for index in intermediates:
-        cert = chain[index]
-        what = f"intermediate certificate {_subject(cert)} at depth {index}"
-        if not _is_ca(cert):
+    non_self_issued = 0
+    for index, cert in enumerate(path):
+        what = _what(cert, index, index == len(path) - 1 and not bare)
+        if _unknown_critical(cert):
+            return f"{what} has an unknown critical extension"
+        if _eku_excludes_server(cert):
+            return f"{what} has an extendedKeyUsage without serverAuth"
+        if index == 0:
+            if not _leaf_key_usage_ok(cert):
+                return f"{what} has a keyUsage that does not allow a TLS server key"
+            continue
+        kind = _ca_kind(cert)
+        if kind == _NOT_CA or (index < len(path) - 1 and kind != _CA_BY_CONSTRAINTS):
             return f"{what} is not a CA certificate"
-        problem = _validity_problem(cert, now, what)
-        if problem is not None:
-            return problem
+        limit = _path_length(cert)
+        if index > 1 and limit is not None and non_self_issued > limit:
+            return f"{what} allows only {limit} intermediate certificates below it"
+        if cert.subject != cert.issuer:
+            non_self_issued += 1
     return None
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def _signature_problem(path: list[x509.Certificate], bare: bool,
+                       now: datetime) -> tuple[str, bool] | None:
+    """OpenSSL's internal_verify: signatures and dates from the anchor down to the leaf.
+
+    A self-signed anchor's own dates are checked too (OpenSSL: "in addition to RFC 5280,
+    do also for trusted (root) cert"); an anchor that is an intermediate only lends its
+    key, so its dates are not (RFC 5280 §6.1.1 trust anchor information carries none).
+    A bare key has no dates; the certificate it signed is checked. The flag says whether
+    a signature (rather than a date) failed.
+    """
+    top = len(path) - 1
+    first = top if bare or _likely_issued(path[top], path[top]) else top - 1
+    for index in range(first, -1, -1):
+        cert = path[index]
+        what = _what(cert, index, index == top and not bare)
+        if index < top and not issued_by(cert, path[index + 1]):
+            return (f"the signature of {what} does not verify with the key of "
+                    f"{_subject(path[index + 1])}: {_NO_PATH} leads to the DANE-TA anchor",
+                    True)
+        problem = _validity_problem(cert, now, what)
+        if problem is not None:
+            return problem, False
+    return None
+
+
+def _what(cert: x509.Certificate, index: int, anchor: bool) -> str:
+    if index == 0:
+        return "leaf certificate"
+    role = "DANE-TA anchor" if anchor else "intermediate certificate"
+    return f"{role} {_subject(cert)} at depth {index}"
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordAnchor:
+    """A DANE-TA trust anchor carried in the record itself (``2 0 0`` or ``2 1 0``)."""
+
+    record: TLSARecord
+    key: PublicKeyTypes
+    cert: x509.Certificate | None
+
+
+def _record_anchor(record: TLSARecord) -> _RecordAnchor | None:
+    if record.usage != Usage.DANE_TA or record.mtype != MatchingType.FULL:
+        return None
+    parsed = _parse_full(record.selector, record.data)
+    if parsed is None:
+        return None
+    key, cert = parsed
+    return _RecordAnchor(record, key, cert)
+
+
+def _parse_full(selector: int, data: bytes
+                ) -> tuple[PublicKeyTypes, x509.Certificate | None] | None:
+    """A Full(0) record's certificate or SubjectPublicKeyInfo, as OpenSSL's d2i_X509 /
+    d2i_PUBKEY must accept it (whole input, usable key); None when damaged."""
     try:
-        extensions = cert.extensions
-        if not extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return False
+        if selector == Selector.CERT:
+            cert = x509.load_der_x509_certificate(data)
+            if cert.public_bytes(serialization.Encoding.DER) != data:
+                return None  # trailing bytes
+            return cert.public_key(), cert
+        if selector == Selector.SPKI:
+            return serialization.load_der_public_key(data), None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return None
+
+
+# --- OpenSSL's certificate predicates (crypto/x509/v3_purp.c, x509_vfy.c) -------------------
+
+_NOT_CA = 0
+_CA_BY_CONSTRAINTS = 1
+_SERVER_EKUS = frozenset({
+    ExtendedKeyUsageOID.SERVER_AUTH.dotted_string,
+    "2.16.840.1.113730.4.1",   # Netscape Server Gated Crypto
+    "1.3.6.1.4.1.311.10.3.3",  # Microsoft Server Gated Crypto
+})
+_S = SignatureAlgorithmOID
+_KEY_FOR_SIGNATURE: dict[x509.ObjectIdentifier, type] = {
+    **dict.fromkeys((_S.RSA_WITH_SHA1, _S.RSA_WITH_SHA224, _S.RSA_WITH_SHA256,
+                     _S.RSA_WITH_SHA384, _S.RSA_WITH_SHA512, _S.RSASSA_PSS,
+                     _S.RSA_WITH_SHA3_224, _S.RSA_WITH_SHA3_256, _S.RSA_WITH_SHA3_384,
+                     _S.RSA_WITH_SHA3_512, _S.RSA_WITH_MD5), rsa.RSAPublicKey),
+    **dict.fromkeys((_S.ECDSA_WITH_SHA1, _S.ECDSA_WITH_SHA224, _S.ECDSA_WITH_SHA256,
+                     _S.ECDSA_WITH_SHA384, _S.ECDSA_WITH_SHA512, _S.ECDSA_WITH_SHA3_224,
+                     _S.ECDSA_WITH_SHA3_256, _S.ECDSA_WITH_SHA3_384, _S.ECDSA_WITH_SHA3_512),
+                    ec.EllipticCurvePublicKey),
+    **dict.fromkeys((_S.DSA_WITH_SHA1, _S.DSA_WITH_SHA224, _S.DSA_WITH_SHA256),
+                    dsa.DSAPublicKey),
+    _S.ED25519: ed25519.Ed25519PublicKey,
+    _S.ED448: ed448.Ed448PublicKey,
+}
+
+
+def _extension(cert: x509.Certificate, kind: type[_ExtensionT]) -> _ExtensionT | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
     except (x509.ExtensionNotFound, ValueError):
-        return False
+        return None
+
+
+def _likely_issued(issuer: x509.Certificate, cert: x509.Certificate) -> bool:
+    """ossl_x509_likely_issued: issuer name, authority key identifier and key type agree."""
     try:
-        return extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    except x509.ExtensionNotFound:
-        return True  # without keyUsage every use is allowed
+        if issuer.subject != cert.issuer:
+            return False
+    except ValueError:
+        return False
+    akid = _extension(cert, x509.AuthorityKeyIdentifier)
+    if akid is not None:
+        skid = _extension(issuer, x509.SubjectKeyIdentifier)
+        if akid.key_identifier is not None and skid is not None \
+                and akid.key_identifier != skid.digest:
+            return False
+        if akid.authority_cert_serial_number is not None \
+                and akid.authority_cert_serial_number != issuer.serial_number:
+            return False
+    return _key_fits_signature(issuer, cert)
+
+
+def _key_fits_signature(issuer: x509.Certificate, cert: x509.Certificate) -> bool:
+    """OpenSSL's check_sig_alg_match: the issuer's key type is the signature's."""
+    try:
+        key = issuer.public_key()
+        wanted = _KEY_FOR_SIGNATURE.get(cert.signature_algorithm_oid)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return wanted is not None and isinstance(key, wanted)
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    """OpenSSL's EXFLAG_SS: self-issued with matching key identifiers (no signature check)."""
+    return _likely_issued(cert, cert)
+
+
+def _same_cert(one: x509.Certificate, other: x509.Certificate) -> bool:
+    return one is other or one == other
+
+
+def _ca_kind(cert: x509.Certificate) -> int:
+    """X509_check_ca: 1 by basicConstraints; 3, 4 or 5 (v1 root, keyUsage, Netscape type)
+    only without basicConstraints; 0 not a CA."""
+    usage = _extension(cert, x509.KeyUsage)
+    if usage is not None and not usage.key_cert_sign:
+        return _NOT_CA
+    constraints = _extension(cert, x509.BasicConstraints)
+    if constraints is not None:
+        return _CA_BY_CONSTRAINTS if constraints.ca else _NOT_CA
+    if cert.version == x509.Version.v1 and _self_signed(cert):
+        return 3
+    if usage is not None:
+        return 4
+    return _NOT_CA
+
+
+def _path_length(cert: x509.Certificate) -> int | None:
+    constraints = _extension(cert, x509.BasicConstraints)
+    return constraints.path_length if constraints is not None and constraints.ca else None
+
+
+def _eku_excludes_server(cert: x509.Certificate) -> bool:
+    usages = _extension(cert, x509.ExtendedKeyUsage)
+    return usages is not None and not any(u.dotted_string in _SERVER_EKUS for u in usages)
+
+
+def _leaf_key_usage_ok(cert: x509.Certificate) -> bool:
+    usage = _extension(cert, x509.KeyUsage)
+    return usage is None or usage.digital_signature or usage.key_encipherment \
+        or usage.key_agreement
+
+
+def _unknown_critical(cert: x509.Certificate) -> bool:
+    try:
+        return any(e.critical and isinstance(e.value, x509.UnrecognizedExtension)
+                   for e in cert.extensions)
+    except ValueError:
+        return True  # unparsable extensions: OpenSSL refuses the certificate too
+
 
 
 def _validity_problem(cert: x509.Certificate, now: datetime, what: str) -> str | None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from danemilter.certs import must_staple, ocsp_url
@@ -25,6 +26,7 @@ from danemilter.judge import (
     judge_dane,
     judge_staple,
     reference_names,
+    usage_bits,
     wants_staple,
 )
 from danemilter.probe import (
@@ -133,6 +135,16 @@ def ca() -> pki.Issued:
 def test_dane_not_applicable_without_usable_records() -> None:
     leaf = pki.make_leaf(None, ["mx.a.test"])
     assert judge_dane([leaf.cert], [PKIX], ["mx.a.test"], NOW)[0] == "not-applicable"
+
+
+def test_damaged_full_record_makes_dane_not_apply() -> None:
+    # A "3 0 0" whose certificate is cut short can match nothing: unusable, as OpenSSL and
+    # so Postfix treat it ("all TLSA records unusable": TLS without authentication), not a
+    # mismatch that would defer the mail.
+    leaf = pki.make_leaf(None, ["mx.a.test"])
+    damaged = TLSARecord(3, 0, 0, leaf.cert.public_bytes(serialization.Encoding.DER)[:-3])
+    assert judge_dane([leaf.cert], [damaged], ["mx.a.test"], NOW)[0] == "not-applicable"
+    assert usage_bits([damaged]) == 0
 
 
 def test_dane_failed_without_a_chain() -> None:

@@ -225,8 +225,10 @@ def test_record_anchor_replacing_a_cross_signed_copy(root: Issued) -> None:
 
 def test_unordered_chain_is_followed_by_signatures(root: Issued, issuer: Issued,
                                                    server: Issued) -> None:
+    # Depth is the anchor's position in the path built, as OpenSSL (so Postfix) reports it,
+    # not its position in the server's message.
     result = _check([server, root, issuer], [_record(2, 1, 1, root.cert)])
-    assert (result.verified, result.depth) == (True, 1)
+    assert (result.verified, result.depth) == (True, 2)
 
 
 def test_nearest_anchor_wins(root: Issued, issuer: Issued, server: Issued) -> None:
@@ -258,12 +260,24 @@ def test_non_ca_intermediate_cannot_issue(root: Issued) -> None:
     assert "is not a CA certificate" in result.reason
 
 
-def test_self_signed_leaf_is_its_own_dane_ta_anchor() -> None:
+@pytest.mark.parametrize(("selector", "mtype"), [(0, 1), (1, 1), (0, 0), (1, 2)])
+def test_self_signed_leaf_is_not_a_dane_ta_match(selector: int, mtype: int) -> None:
+    # A self-signed server certificate belongs in a DANE-EE record (RFC 7671 §5.1-5.2);
+    # OpenSSL, so Postfix, never matches DANE-TA at depth 0.
     leaf = make_leaf(None, ["mx.example.com"], cn="mx.example.com")
-    result = _check([leaf], [_record(2, 0, 1, leaf.cert)])
+    result = _check([leaf], [_record(2, selector, mtype, leaf.cert)])
+    assert (result.verified, result.depth) == (False, None)
+    assert "DANE-EE" in result.reason
+
+
+def test_self_signed_leaf_signed_by_a_bare_dane_ta_key() -> None:
+    # "2 1 0" is a bare key: the top certificate of the path only has to be signed by it
+    # (RFC 7671 §5.2.2), which a self-signed leaf is; OpenSSL accepts this at depth 0 and
+    # the leaf still gets DANE-TA name and date checks, unlike DANE-EE.
+    leaf = make_leaf(None, ["mx.example.com"], cn="mx.example.com")
+    result = _check([leaf], [_record(2, 1, 0, leaf.cert)])
     assert (result.verified, result.depth) == (True, 0)
-    # As an anchor it still gets DANE-TA name checks, unlike DANE-EE.
-    assert not _check([leaf], [_record(2, 0, 1, leaf.cert)], ["other.example"]).verified
+    assert not _check([leaf], [_record(2, 1, 0, leaf.cert)], ["other.example"]).verified
 
 
 def test_issued_leaf_cannot_be_its_own_dane_ta_anchor(server: Issued) -> None:
@@ -376,3 +390,106 @@ def test_hostile_chain_of_mutually_signing_certificates_is_bounded() -> None:
     result = _check([leaf, *copies], records)
     assert (result.verified, result.depth) == (False, None)
     assert time.monotonic() - started < 5
+
+
+# --- where OpenSSL (so Postfix) decides what the RFCs leave open: issue 12 -------------------
+
+def _invalid_ec_point_spki(cert: x509.Certificate) -> bytes:
+    spki = bytearray(_spki(cert))
+    spki[-1] ^= 0x01  # the point's last y octet: no longer on the curve
+    return bytes(spki)
+
+
+@pytest.mark.parametrize("usage", [2, 3])
+@pytest.mark.parametrize(
+    ("selector", "damage"),
+    [
+        (0, lambda c: c.public_bytes(serialization.Encoding.DER)[:-7]),
+        (0, lambda c: c.public_bytes(serialization.Encoding.DER) + b"\x00"),
+        (1, lambda c: _spki(c)[:-1]),
+        (1, lambda c: _spki(c) + b"\x05\x00"),
+        (1, _invalid_ec_point_spki),
+        (0, lambda c: b"\x30\x03\x02\x01\x01"),
+    ],
+    ids=["cert-truncated", "cert-trailing", "spki-truncated", "spki-trailing",
+         "spki-invalid-ec-point", "cert-garbage"],
+)
+def test_damaged_full_records_are_unusable(
+    server: Issued, usage: int, selector: int, damage: Callable[[x509.Certificate], bytes]
+) -> None:
+    record = TLSARecord(usage, selector, 0, damage(server.cert))
+    assert not record.usable
+    result = _check([server], [record])
+    assert result == MatchResult(False, None, 0, "no usable TLSA records (1 unusable)")
+    # Beside a good record it is simply not counted.
+    both = _check([server], [record, _record(3, 1, 1, server.cert)])
+    assert (both.verified, both.usable_records) == (True, 1)
+
+
+def test_intact_full_records_stay_usable(server: Issued) -> None:
+    assert all(_record(u, s, 0, server.cert).usable for u in (2, 3) for s in (0, 1))
+
+
+@pytest.mark.parametrize("selector", [0, 1])
+def test_non_ca_anchor_certificate_is_refused(root: Issued, selector: int) -> None:
+    # RFC 5280 §4.2.1.9: a certificate without the CA bit must not issue, anchor or not.
+    plain = make_ca("Plain Issuer", issuer=root, ca=False)
+    leaf = make_leaf(plain, ["mx.example.com"])
+    result = _check([leaf, plain], [_record(2, selector, 1, plain.cert)])
+    assert (result.verified, result.depth) == (False, 1)
+    assert result.reason == "DANE-TA anchor CN=Plain Issuer at depth 1 is not a CA certificate"
+
+
+def test_non_ca_root_anchor_from_the_record_is_refused() -> None:
+    plain_root = make_ca("Plain Root", ca=False)
+    leaf = make_leaf(plain_root, ["mx.example.com"])
+    result = _check([leaf], [_record(2, 0, 0, plain_root.cert)])
+    assert (result.verified, result.depth) == (False, 1)
+    assert "is not a CA certificate" in result.reason
+
+
+@pytest.mark.parametrize("how", ["sent", "record"])
+def test_self_signed_anchor_outside_its_dates_is_refused(how: str) -> None:
+    old_root = make_ca("Old Root", not_before=NOW - 30 * DAY, not_after=NOW - DAY)
+    issuer = make_ca("Issuer Under Old Root", issuer=old_root,
+                     not_after=NOW + 30 * DAY)
+    leaf = make_leaf(issuer, ["mx.example.com"])
+    if how == "sent":
+        result = _check([leaf, issuer, old_root], [_record(2, 0, 1, old_root.cert)])
+    else:
+        result = _check([leaf, issuer], [_record(2, 0, 0, old_root.cert)])
+    assert (result.verified, result.depth) == (False, 2)
+    assert result.reason.startswith("DANE-TA anchor CN=Old Root at depth 2 expired")
+
+
+def test_cross_signed_alternative_path_is_not_searched() -> None:
+    # The leaf's issuer exists twice (same name and key): under the root the server sent
+    # first, and cross-signed by the root the TLSA record names. OpenSSL takes the first
+    # and never backtracks, so Postfix does not deliver; neither may we say "verified".
+    first_root, named_root = make_ca("First Root"), make_ca("Named Root")
+    issuer = make_ca("Shared Issuer", issuer=first_root)
+    cross = make_ca("Shared Issuer", issuer=named_root, key=issuer.key)
+    leaf = make_leaf(issuer, ["mx.example.com"])
+    result = _check([leaf, issuer, cross, named_root], [_record(2, 0, 1, named_root.cert)])
+    assert not result.verified
+    # The path through the first copy works when that is the one sent first.
+    reordered = _check([leaf, cross, issuer, named_root], [_record(2, 0, 1, named_root.cert)])
+    assert (reordered.verified, reordered.depth) == (True, 2)
+
+
+def test_issuer_within_its_dates_is_preferred() -> None:
+    root = make_ca("Preferring Root")
+    expired = make_ca("Twice Issued", issuer=root, not_before=NOW - 30 * DAY,
+                      not_after=NOW - DAY)
+    current = make_ca("Twice Issued", issuer=root, key=expired.key)
+    leaf = make_leaf(current, ["mx.example.com"])
+    result = _check([leaf, expired, current, root], [_record(2, 0, 1, root.cert)])
+    assert (result.verified, result.depth) == (True, 2)
+
+
+def test_depth_does_not_depend_on_record_order(issuer: Issued, server: Issued) -> None:
+    sha512 = _record(2, 1, 2, issuer.cert)
+    full = _record(2, 1, 0, issuer.cert)
+    for records in ([sha512, full], [full, sha512]):
+        result = _check([server, issuer], records)
+        assert (result.verified, result.depth) == (True, 1), records

@@ -17,7 +17,9 @@ NOW = datetime.now(UTC)
 
 @pytest.fixture(scope="module")
 def ca() -> Issued:
-    return make_ca("CLI Test CA")
+    # Valid at the --at times used below: a self-signed DANE-TA anchor's dates count.
+    return make_ca("CLI Test CA", not_before=NOW - timedelta(days=40),
+                   not_after=NOW + timedelta(days=30))
 
 
 @pytest.fixture(scope="module")
