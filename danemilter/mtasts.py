@@ -4,8 +4,9 @@
   ``v=STSv1;`` are discarded, and more than one that does means no policy.
 * The policy file (§3.2): ``key: value`` lines separated by LF or CRLF (erratum 6253);
   ``version: STSv1`` (anywhere: the ABNF fixes no order), ``mode``
-  enforce|testing|none, ``max_age`` 0..31557600, one or more ``mx`` unless the mode is none; unknown keys are ignored (§3.2: "SHOULD be
-  ignored"), a known key given twice (other than ``mx``) makes the policy invalid.
+  enforce|testing|none, ``max_age`` 0..31557600, one or more ``mx`` unless the mode is
+  none; unknown keys are ignored (§3.2: "SHOULD be ignored"), a known key given twice
+  (other than ``mx``) makes the policy invalid.
 * MX patterns (§4.1): an exact name, or ``*.`` followed by a name, which matches exactly
   one further leftmost label.
 """
