@@ -617,20 +617,25 @@ def _judge_single(single: ocsp.OCSPSingleResponse, now: datetime, skew: timedelt
     if this_update > now + skew:
         return invalid("not-yet-valid",
                        f"thisUpdate {this_update:%Y-%m-%dT%H:%M:%SZ} is in the future")
-    ends: list[tuple[datetime, str]] = []
+    # (end of the proof, latest moment it is still accepted, reason once past it)
+    limits: list[tuple[datetime, datetime, str]] = []
     if next_update is not None:
         if next_update < this_update:
             return invalid("malformed", "nextUpdate is before thisUpdate")
-        ends.append((next_update, "expired"))
+        limits.append((next_update, next_update + skew, "expired"))
     if max_age is not None:
-        ends.append((this_update + max_age, "too-old"))
-    if not ends:
+        # max_age is "refuse any response older than this": our own bound on thisUpdate,
+        # measured on our own clock, so no skew allowance extends it (openssl ocsp
+        # -status_age works the same way; the allowance is for the responder's clock).
+        limits.append((this_update + max_age, this_update + max_age, "too-old"))
+    if not limits:
         return invalid("no-next-update",
                        "the response has no nextUpdate, so it could be replayed forever")
-    expires, why = min(ends)
-    if now >= expires + skew:
-        return invalid(why, f"the response expired at {expires:%Y-%m-%dT%H:%M:%SZ}"
-                       + (" (nextUpdate)" if why == "expired" else " (maximum age)"))
+    expires = min(end for end, _, _ in limits)
+    for end, latest, why in sorted(limits):
+        if now > latest:
+            return invalid(why, f"the response expired at {end:%Y-%m-%dT%H:%M:%SZ}"
+                           + (" (nextUpdate)" if why == "expired" else " (maximum age)"))
 
     status = _STATUS_NAMES[single.certificate_status]
     revocation_time = revocation_reason = None

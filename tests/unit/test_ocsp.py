@@ -174,6 +174,15 @@ CASES = [
     Case("nextUpdate present, older than max_age",
          lambda p: build_response(single(p), p.ca), "invalid", "too-old",
          kwargs=lambda p: {"max_age": timedelta(minutes=30)}),
+    # max_age is "refuse any response older than this": the clock-skew allowance is for the
+    # responder's clock and does not stretch our own bound (issue 12).
+    Case("older than max_age by less than the clock skew",
+         lambda p: build_response(single(p), p.ca), "invalid", "too-old",
+         kwargs=lambda p: {"max_age": HOUR - timedelta(minutes=2)}),
+    Case("no nextUpdate, older than max_age by less than the clock skew", _no_next_update,
+         "invalid", "too-old", kwargs=lambda p: {"max_age": HOUR - timedelta(minutes=2)}),
+    Case("just within max_age", lambda p: build_response(single(p), p.ca), "good", "ok",
+         kwargs=lambda p: {"max_age": HOUR + timedelta(minutes=2)}),
     Case("wrong CertID: response for another certificate",
          lambda p: build_response(single(p, cert=p.other_leaf.cert), p.ca),
          "invalid", "no-matching-response"),
