@@ -5,11 +5,11 @@ I/O at the edge: this module talks SMTP and TLS and hands what it saw to the pur
 judged against the host's TLSA records with SMTP semantics, the staple by the OCSP rules.
 
 Deadlines. Each probe has one overall deadline. The plain-text SMTP part uses socket
-timeouts. The TLS handshake needs a *blocking* socket for pyOpenSSL's OCSP client
-callback (a Python socket timeout puts the descriptor in non-blocking mode and the
-handshake then fails with WantReadError), so for the TLS part the socket is blocking
-with kernel-level ``SO_RCVTIMEO``/``SO_SNDTIMEO`` set to the time left: a stalled read
-returns EAGAIN, OpenSSL reports WANT_READ and the loop checks the deadline.
+timeouts, checked again after every read. The TLS handshake runs on a non-blocking
+descriptor: each ``do_handshake`` consumes what has arrived and returns WANT_READ, and
+the loop waits with ``select`` for at most the time left. (A blocking socket with
+``SO_RCVTIMEO`` bounds each read, not the handshake: a server trickling its records a
+byte a second kept OpenSSL reading inside one call for as long as it liked.)
 
 Probes refuse loopback, private, link-local, multicast, unspecified and reserved
 addresses unless ``allow_private`` (DESIGN.md: config key ``probe.allow_private``): an MX
@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -144,13 +144,17 @@ class _Session:
             pass
 
 
-def _set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
-    """SO_RCVTIMEO/SO_SNDTIMEO on a blocking socket (see the module docstring)."""
-    seconds = max(seconds, 0.001)
-    whole = int(seconds)
-    value = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+def _wait(sock: socket.socket, deadline: float, *, readable: bool) -> None:
+    """Until ``sock`` can be read (or written), at most until ``deadline``."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Failure(Stage.HANDSHAKE, "timed out in the TLS handshake")
+    # poll, not select: descriptors above FD_SETSIZE (1024) are normal under a high
+    # LimitNOFILE.
+    poller = select.poll()
+    poller.register(sock, select.POLLIN if readable else select.POLLOUT)
+    if not poller.poll(left * 1000):
+        raise _Failure(Stage.HANDSHAKE, "timed out in the TLS handshake")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,24 +183,22 @@ def _tls(sock: socket.socket, sni: str | None, request_staple: bool,
     if request_staple:
         conn.request_ocsp()
     conn.set_connect_state()
-    sock.settimeout(None)
+    sock.setblocking(False)
     try:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Failure(Stage.HANDSHAKE, "timed out in the TLS handshake")
-            _set_kernel_timeouts(sock, left)
             try:
                 conn.do_handshake()
                 break
-            except (SSL.WantReadError, SSL.WantWriteError):
-                continue
+            except SSL.WantReadError:
+                _wait(sock, deadline, readable=True)
+            except SSL.WantWriteError:
+                _wait(sock, deadline, readable=False)
         chain = tuple(conn.get_peer_cert_chain(as_cryptography=True) or ())
         version = conn.get_protocol_version_name()
         staple = (staples[-1] if staples else b"") if request_staple else None
         try:
-            _set_kernel_timeouts(sock, max(0.01, min(_QUIT_WAIT, deadline - time.monotonic())))
-            conn.sendall(b"QUIT\r\n")
+            # Best effort, never waited for: the socket is non-blocking.
+            conn.send(b"QUIT\r\n")
             conn.shutdown()
         except (SSL.Error, OSError):
             pass
