@@ -62,8 +62,13 @@ class RequestDecoder:
         self._buffer = bytearray()
         self.mode: str | None = None  # "netstring" or "line", fixed by the first octet
         self._done = False
+        # Bad input after good requests in one read: those are returned, and this
+        # is raised by the next call (the server answers them, then closes).
+        self.error: NetstringError | None = None
 
     def feed(self, data: bytes) -> list[Request]:
+        if self.error is not None:
+            raise self.error
         if self._done:
             return []  # a line client gets one answer; what follows is ignored
         self._buffer += data
@@ -76,6 +81,8 @@ class RequestDecoder:
     def end(self) -> list[Request]:
         """The peer closed its side: a line without its newline still counts (Exim
         half-closes after the request); an unfinished netstring is an error."""
+        if self.error is not None:
+            raise self.error
         if self._done or not self._buffer:
             return []
         if self.mode == "line":
@@ -105,6 +112,15 @@ class RequestDecoder:
 
     def _netstrings(self) -> list[Request]:
         found: list[Request] = []
+        try:
+            self._next_netstrings(found)
+        except NetstringError as exc:
+            if not found:
+                raise
+            self.error = exc
+        return found
+
+    def _next_netstrings(self, found: list[Request]) -> None:
         buffer = self._buffer
         while buffer:
             colon = buffer.find(b":", 0, self._digits + 1)
@@ -126,7 +142,6 @@ class RequestDecoder:
                 raise NetstringError("netstring not terminated by ','")
             found.append(self._parse_query(bytes(buffer[colon + 1:end])))
             del buffer[:end + 1]
-        return found
 
     def _bad_length(self, buffer: bytearray) -> str:
         head = bytes(buffer[:self._digits + 1])

@@ -125,6 +125,8 @@ class PolicyServer:
                 writer.write(answer)
                 # A peer that does not read its answers is dropped like a silent one.
                 await asyncio.wait_for(writer.drain(), idle)
+            if decoder.error is not None:
+                raise decoder.error
             if not data or (decoder.mode == "line" and requests):
                 return  # a line client gets one answer; a socketmap client closed
 

@@ -36,6 +36,14 @@ def decode(data: bytes, max_request: int = MAX) -> list[object]:
     return found
 
 
+def test_good_requests_before_bad_input_are_kept() -> None:
+    decoder = RequestDecoder(MAX)
+    assert decoder.feed(b"11:dane d.test,x") == [SocketmapQuery("dane", "d.test")]
+    assert decoder.error is not None
+    with pytest.raises(NetstringError, match="not a netstring length"):
+        decoder.feed(b"")
+
+
 GOOD: list[tuple[str, bytes, list[object]]] = [
     ("one", b"11:dane d.test,", [SocketmapQuery("dane", "d.test")]),
     ("parent", b"10:dane .test,", [SocketmapQuery("dane", ".test")]),
