@@ -145,3 +145,83 @@ def mx_matches(pattern: str, host: str) -> bool:
         first, dot, rest = host.partition(".")
         return bool(first) and bool(dot) and rest == pattern[2:]
     return host == pattern
+
+
+class StsState(StrEnum):
+    """A domain's MTA-STS side, as verdicts and headers show it (``sts=...``)."""
+
+    ENFORCE = "enforce"
+    TESTING = "testing"
+    NONE = "none"
+    ABSENT = "absent"
+    INVALID = "invalid"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True, slots=True)
+class StsStatus:
+    """What a sender knows of a domain's MTA-STS policy at one moment.
+
+    ``policy`` is the policy in force (perhaps a cached one while a refresh fails, §5.1);
+    ``state`` is its mode, or why there is none.
+    """
+
+    domain: str
+    state: StsState
+    policy: StsPolicy | None
+    id: str | None
+    reason: str
+
+    @classmethod
+    def of(cls, domain: str, policy: StsPolicy, policy_id: str | None, reason: str
+           ) -> StsStatus:
+        return cls(domain, StsState(policy.mode.value), policy, policy_id, reason)
+
+    @property
+    def enforced(self) -> bool:
+        """Only ``enforce`` can satisfy a rule that requires authenticated TLS (§5)."""
+        return self.state is StsState.ENFORCE
+
+    def to_json(self) -> dict[str, object]:
+        return {"state": str(self.state), "id": self.id, "reason": self.reason,
+                "mode": None if self.policy is None else str(self.policy.mode),
+                "mx": [] if self.policy is None else list(self.policy.mx),
+                "max_age": None if self.policy is None else self.policy.max_age}
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPolicy:
+    """A policy a sender fetched: kept for its max_age (§5.1), under the TXT id it had."""
+
+    policy: StsPolicy
+    id: str
+    fetched_at: float
+
+    @property
+    def expires_at(self) -> float:
+        return self.fetched_at + self.policy.max_age
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+def needs_fetch(txt_id: str | None, cached: CachedPolicy | None, now: float) -> bool:
+    """§3.3/§5.1: fetch when the TXT record names a policy id and no fresh cached
+    policy has that id."""
+    if txt_id is None:
+        return False
+    return cached is None or not cached.fresh(now) or cached.id != txt_id
+
+
+def without_fetch(domain: str, absent: bool, reason: str, cached: CachedPolicy | None,
+                  now: float, *, transient: bool) -> StsStatus:
+    """The status when no new policy came: a fresh cached policy stays in force (§5.1:
+    even when the TXT record is gone or the fetch failed), else absent, tempfail
+    (``transient`` trouble) or invalid."""
+    if cached is not None and cached.fresh(now):
+        return StsStatus.of(domain, cached.policy, cached.id,
+                            f"cached policy (id {cached.id}) in force: {reason}")
+    if absent:
+        return StsStatus(domain, StsState.ABSENT, None, None, reason)
+    state = StsState.TEMPFAIL if transient else StsState.INVALID
+    return StsStatus(domain, state, None, None, reason)

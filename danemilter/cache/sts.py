@@ -1,0 +1,60 @@
+"""MTA-STS policies in the shared cache (``sts:DOMAIN``), kept for their max_age.
+
+RFC 8461 §5.1: a fetched policy stays valid for ``max_age`` whatever later happens to
+its TXT record or HTTPS server, so it lives in the backend (shared with ``verify`` and
+other milters), not only in memory. The per-domain verdict (TXT looked up, policy
+chosen) is kept in memory for a short while only, so that a TXT id change is seen soon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from danemilter.cache.backend import CacheBackend, read_fresh
+from danemilter.cache.lru import ExpiringLru
+from danemilter.mtasts import MAX_AGE_LIMIT, CachedPolicy, StsError, StsStatus, parse_policy
+
+log = logging.getLogger(__name__)
+
+STS_PREFIX = "sts:"
+
+
+def sts_key(domain: str) -> str:
+    return STS_PREFIX + domain
+
+
+class StsCache:
+    def __init__(self, backend: CacheBackend, lru_entries: int) -> None:
+        self.backend = backend
+        self._verdicts: ExpiringLru[tuple[StsStatus, float]] = ExpiringLru(
+            lru_entries, lambda held: held[1])
+
+    def verdict(self, domain: str, now: float) -> StsStatus | None:
+        held = self._verdicts.get(domain, now)
+        return None if held is None else held[0]
+
+    def keep_verdict(self, status: StsStatus, until: float) -> None:
+        self._verdicts.put(status.domain, (status, until))
+
+    def policy(self, domain: str, now: float) -> CachedPolicy | None:
+        # No policy lives longer than a year (§3.2), whatever the clock did since.
+        found = read_fresh(self.backend, sts_key(domain), now, MAX_AGE_LIMIT)
+        if found is None:
+            return None
+        try:
+            document = json.loads(found[0])
+            return CachedPolicy(parse_policy(document["policy"]), str(document["id"]),
+                                float(document["fetched_at"]))
+        except (ValueError, KeyError, TypeError, StsError) as exc:
+            log.warning("dropping a corrupt cached MTA-STS policy of %s: %s", domain, exc)
+            self.backend.delete(sts_key(domain))
+            return None
+
+    def store(self, domain: str, cached: CachedPolicy) -> None:
+        value = json.dumps({"policy": cached.policy.to_text(), "id": cached.id,
+                            "fetched_at": cached.fetched_at}).encode()
+        self.backend.put(sts_key(domain), value, cached.expires_at)
+
+    def forget(self, domain: str | None = None) -> None:
+        self._verdicts.discard(domain)
