@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,3 +240,22 @@ def test_authenticated_rule_through_postfix(postfix_stack: tuple[PrivatePostfix,
         "dane-sts.sts.test; status=dane; usage=8; ocsp=off; action=accept",
         "enforce.sts.test; status=none; usage=0; ocsp=off; sts=enforce; action=accept",
     ], headers
+
+
+def test_verify_json_shows_the_mta_sts_verdict_of_every_fixture(world: World,
+                                                                tmp_path: Path) -> None:
+    resolver, sts = world.settings()
+    config = tmp_path / "danemilter.yaml"
+    config.write_text(f"resolver: {{address: 127.0.0.1, port: {resolver.port}}}\n"
+                      f"mta_sts: {{port: {sts.port}, ca_file: {sts.ca_file}}}\n")
+    expected = {"enforce": "enforce", "testing": "testing", "none": "none",
+                "ctype": "invalid", "wrongname": "invalid", "down": "tempfail",
+                "absent": "absent", "dane-sts": None}
+    result = subprocess.run(
+        [sys.executable, "-m", "danemilter", "verify", "--dns-only", "--json", "--no-cache",
+         "--config", str(config), *(f"{label}.sts.test" for label in expected)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    got = {doc["domain"].split(".")[0]: (doc["sts"] or {}).get("state")
+           for doc in json.loads(result.stdout)}
+    assert got == expected
