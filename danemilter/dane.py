@@ -29,7 +29,7 @@ from dns.rdtypes.ANY.TLSA import TLSA
 
 from danemilter.deadline import Deadline
 from danemilter.errors import InputError
-from danemilter.resolver import Answer, Resolver
+from danemilter.resolver import Answer, Resolver, Security
 from danemilter.status import (
     DomainState,
     DomainStatus,
@@ -64,6 +64,8 @@ def _tlsa_verdict(answer: Answer) -> tuple[HostState, tuple[TLSARecord, ...], st
     """Host state from one TLSA answer, before any fallback to another base name."""
     if answer.failed:
         return HostState.FAILED, (), f"TLSA lookup for {answer.qname} failed: {answer.reason}"
+    if not answer.records and answer.reason:
+        return HostState.NONE, (), answer.reason
     if not answer.records:
         how = "securely denied" if answer.secure else "absent (insecure)"
         return HostState.NONE, (), f"TLSA at {answer.qname} {how}"
@@ -120,12 +122,19 @@ class DomainEvaluator:
         unique: dict[str, int] = {}
         for pref, name in targets:
             unique.setdefault(name, pref)
+        chosen, left_out = _most_preferred(unique, self.resolver.settings.max_mx_hosts)
         hosts = tuple(
             await asyncio.gather(
-                *(self._evaluate_host(name, pref, deadline) for name, pref in unique.items())
+                *(self._evaluate_host(name, pref, deadline) for name, pref in chosen)
             )
         )
         state, reason = domain_state(hosts)
+        if left_out and state is DomainState.DANE:
+            # The MTA picks at random among hosts of one preference: one it may pick
+            # was not looked at, so "every host is DANE" cannot be said.
+            state = DomainState.PARTIAL
+            reason = (f"{left_out} more MX hosts at preference {chosen[-1][1]} than "
+                      f"resolver.max_mx_hosts ({len(chosen)}) were not evaluated")
         ttl = min([mx.ttl, *(h.ttl for h in hosts)])
         canonical = mx.canonical_name if mx.secure and mx.expanded else None
         return DomainStatus(domain, state, usage_bits(hosts), mx.secure, hosts, reason, ttl,
@@ -140,7 +149,8 @@ class DomainEvaluator:
         a, aaaa, tlsa_original = await asyncio.gather(
             query(host, dns.rdatatype.A, budget),
             query(host, dns.rdatatype.AAAA, budget),
-            query(_TLSA_PREFIX + host, dns.rdatatype.TLSA, budget),
+            query(_TLSA_PREFIX + host, dns.rdatatype.TLSA, budget) if _tlsa_name_fits(host)
+            else _no_tlsa_name(host),
         )
         address_answers = (a, aaaa)
         failed = [ans for ans in address_answers if ans.failed]
@@ -158,7 +168,7 @@ class DomainEvaluator:
 
         expanded = {ans.canonical_name for ans in address_answers if ans.records}
         expanded.discard(host)
-        if address_secure and len(expanded) == 1:
+        if address_secure and len(expanded) == 1 and _tlsa_name_fits(next(iter(expanded))):
             base = expanded.pop()
             tlsa_expanded = await query(_TLSA_PREFIX + base, dns.rdatatype.TLSA,
                                         deadline.remaining())
@@ -171,6 +181,34 @@ class DomainEvaluator:
         state, records, reason = _tlsa_verdict(tlsa_original)
         return HostStatus(host, preference, addresses, address_secure, state,
                           host if records else None, records, reason, ttl)
+
+
+def _most_preferred(hosts: dict[str, int], limit: int) -> tuple[list[tuple[str, int]], int]:
+    """The ``limit`` most preferred hosts (Postfix's ``smtp_mx_address_limit`` keeps the
+    head of the list the same way: hosts past it are never used), and how many hosts
+    of the last chosen preference were left out (0 when the cut falls between two
+    preferences)."""
+    ordered = sorted(hosts.items(), key=lambda item: item[1])
+    chosen, rest = ordered[:limit], ordered[limit:]
+    if not rest:
+        return chosen, 0
+    return chosen, sum(1 for _, pref in rest if pref == chosen[-1][1])
+
+
+async def _no_tlsa_name(host: str) -> Answer:
+    """The answer for a TLSA owner name that cannot exist: no records, as if denied."""
+    name = _TLSA_PREFIX + host
+    return Answer(name, dns.rdatatype.TLSA, Security.INSECURE, None, name,
+                  reason=f"{name} is longer than 255 octets: no TLSA record can exist")
+
+
+def _tlsa_name_fits(host: str) -> bool:
+    """Whether ``_25._tcp.<host>`` is a DNS name at all (255 octets at most)."""
+    try:
+        dns.name.from_text(_TLSA_PREFIX + host)
+    except dns.name.NameTooLong:
+        return False
+    return True
 
 
 def deadline_tempfail(domain: str, deadline: Deadline) -> DomainStatus:

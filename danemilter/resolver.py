@@ -176,11 +176,20 @@ Transport = Callable[[dns.message.Message, float], Awaitable[dns.message.Message
 
 
 class Resolver:
-    """Asks one validating resolver; concurrent identical questions share one query."""
+    """Asks one validating resolver; concurrent identical questions share one query.
+
+    At most ``settings.max_queries`` queries are outstanding at once (each holds a
+    socket): a domain with a thousand MX hosts, or many such domains at once, must not
+    take every file descriptor of the process from the other lookups. A query that
+    cannot start within its budget fails like one that got no answer.
+    """
 
     def __init__(self, settings: ResolverSettings) -> None:
         self.settings = settings
         self.queries_sent = 0
+        self.outstanding = 0
+        self.most_outstanding = 0
+        self._slots = asyncio.Semaphore(settings.max_queries)
         self._inflight: dict[tuple[dns.name.Name, int], asyncio.Future[Answer]] = {}
         if not settings.is_loopback:
             log.warning(
@@ -219,8 +228,17 @@ class Resolver:
         started = loop.time()
         where, port = self.settings.address, self.settings.port
         try:
+            await asyncio.wait_for(self._slots.acquire(), budget)
+        except TimeoutError:
+            return Answer(name_text, rdtype, Security.INDETERMINATE, None, name_text,
+                          reason=f"{self.settings.max_queries} queries already outstanding "
+                          f"for {budget:g} s (resolver.max_queries)")
+        self.outstanding += 1
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        try:
+            remaining = max(budget - (loop.time() - started), 0.01)
             self.queries_sent += 1
-            response = await dns.asyncquery.udp(request, where, timeout=budget, port=port)
+            response = await dns.asyncquery.udp(request, where, timeout=remaining, port=port)
             if response.flags & dns.flags.TC:
                 remaining = max(budget - (loop.time() - started), 0.1)
                 self.queries_sent += 1
@@ -232,4 +250,7 @@ class Resolver:
             # A garbled or hostile reply is a failed lookup, never a crash.
             return Answer(name_text, rdtype, Security.INDETERMINATE, None, name_text,
                           reason=f"bad answer from resolver {where}:{port}: {exc}")
+        finally:
+            self.outstanding -= 1
+            self._slots.release()
         return interpret(qname, rdtype, response)

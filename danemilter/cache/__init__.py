@@ -47,7 +47,7 @@ def open_backend(settings: CacheSettings) -> CacheBackend:
     """The configured backend. Never raises for an unusable file or an unreachable Redis:
     those degrade to in-process caching (see each backend)."""
     if settings.backend == BackendName.MEMORY:
-        return MemoryBackend(settings.max_entries)
+        return MemoryBackend(settings.max_entries, settings.memory_max_bytes)
     if settings.backend == BackendName.REDIS:
         return RedisBackend(settings.url, settings.key_prefix, settings.max_entries)
     return SQLiteBackend(settings.path, settings.max_entries)

@@ -33,13 +33,16 @@ class CacheBackend(Protocol):
     def close(self) -> None: ...
 
 
-def read_fresh(backend: CacheBackend, key: str, now: float) -> tuple[bytes, float] | None:
-    """The value at ``key`` and its expiry, unless absent, expired by ``now`` or with an
-    expiry that is not a time."""
+def read_fresh(backend: CacheBackend, key: str, now: float, max_ttl: float = math.inf
+               ) -> tuple[bytes, float] | None:
+    """The value at ``key`` and its expiry, unless absent, expired by ``now``, with an
+    expiry that is not a time, or one further ahead than ``max_ttl``: no entry is ever
+    stored for longer, so such an entry was written under a clock that has since been
+    stepped back (or by another host's wrong clock), and how old it is is unknown."""
     found = backend.get(key)
     if found is None:
         return None
     expires_at = found[1]
-    if not math.isfinite(expires_at) or expires_at <= now:
+    if not math.isfinite(expires_at) or not now < expires_at <= now + max_ttl:
         return None
     return found

@@ -68,7 +68,8 @@ class ProbeCache:
         self.backend = backend
         self.settings = settings
         self._front: ExpiringLru[_Held] = ExpiringLru(settings.lru_entries,
-                                                      lambda held: held.expires_at)
+                                                      lambda held: held.expires_at,
+                                                      max_bytes=settings.memory_max_bytes)
 
     def get(self, status: DomainStatus, port: int, ocsp: OcspRequest,
             now: float) -> DomainProbe | None:
@@ -77,10 +78,11 @@ class ProbeCache:
         those probes (``dane-mismatch`` when one showed a mismatch)."""
         held = self._front.get(status.domain, now)
         if held is None:
-            held = self._backend_get(status.domain, now)
-            if held is None:
+            found = self._backend_get(status.domain, now)
+            if found is None:
                 return None
-            self._front.put(status.domain, held)
+            held, size = found
+            self._front.put(status.domain, held, now=now, size=size)
         entry = held.entry
         if (entry.port != port or entry.ocsp != ocsp or entry.fingerprint != fingerprint(status)
                 or len(entry.probes) != len(status.hosts)):
@@ -95,26 +97,28 @@ class ProbeCache:
             return False
         entry = ProbeEntry(probe.probes, port, ocsp, fingerprint(status), now)
         held = _Held(entry, now + seconds)
-        self._front.put(status.domain, held)
-        self.backend.put(probe_key(status.domain),
-                         encode_probes(entry.probes, port=port, ocsp=ocsp,
-                                       fingerprint=entry.fingerprint, stored_at=now),
-                         held.expires_at)
+        value = encode_probes(entry.probes, port=port, ocsp=ocsp,
+                              fingerprint=entry.fingerprint, stored_at=now)
+        self._front.put(status.domain, held, now=now, size=len(value))
+        self.backend.put(probe_key(status.domain), value, held.expires_at)
         return True
 
     def stored(self, domain: str, now: float) -> tuple[ProbeEntry, float] | None:
         """The fresh entry for ``domain`` and its expiry, whatever it was taken under
         (for ``danemilter cache show``)."""
-        held = self._front.get(domain, now) or self._backend_get(domain, now)
+        held = self._front.get(domain, now)
+        if held is None:
+            found = self._backend_get(domain, now)
+            held = None if found is None else found[0]
         return None if held is None else (held.entry, held.expires_at)
 
     def forget(self, domain: str | None = None) -> None:
         """Drop in-process copies (the backend is purged by the status cache's purge)."""
         self._front.discard(domain)
 
-    def _backend_get(self, domain: str, now: float) -> _Held | None:
+    def _backend_get(self, domain: str, now: float) -> tuple[_Held, int] | None:
         key = probe_key(domain)
-        found = read_fresh(self.backend, key, now)
+        found = read_fresh(self.backend, key, now, self.settings.max_ttl)
         if found is None:
             return None
         value, expires_at = found
@@ -124,4 +128,4 @@ class ProbeCache:
             log.warning("dropping a corrupt cached probe of %s: %s", domain, exc)
             self.backend.delete(key)
             return None
-        return _Held(entry, min(expires_at, now + self.settings.max_ttl))
+        return _Held(entry, expires_at), len(value)

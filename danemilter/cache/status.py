@@ -50,8 +50,9 @@ class StatusCache:
     def __init__(self, backend: CacheBackend, settings: CacheSettings) -> None:
         self.backend = backend
         self.settings = settings
-        self._front: ExpiringLru[CachedStatus] = ExpiringLru(settings.lru_entries,
-                                                             lambda entry: entry.expires_at)
+        self._front: ExpiringLru[CachedStatus] = ExpiringLru(
+            settings.lru_entries, lambda entry: entry.expires_at,
+            max_bytes=settings.memory_max_bytes)
         self.backend_hits = 0
         self.misses = 0
         self.stores = 0
@@ -73,17 +74,18 @@ class StatusCache:
         entry = self._front.get(domain, now)
         if entry is not None:
             return entry
-        entry = self._backend_get(domain, now)
-        if entry is None:
+        found = self._backend_get(domain, now)
+        if found is None:
             self.misses += 1
             return None
+        entry, size = found
         self.backend_hits += 1
-        self._front.put(domain, entry)
+        self._front.put(domain, entry, now=now, size=size)
         return entry
 
-    def _backend_get(self, domain: str, now: float) -> CachedStatus | None:
+    def _backend_get(self, domain: str, now: float) -> tuple[CachedStatus, int] | None:
         key = status_key(domain)
-        found = read_fresh(self.backend, key, now)
+        found = read_fresh(self.backend, key, now, self.settings.max_ttl)
         if found is None:
             return None
         value, expires_at = found
@@ -96,9 +98,7 @@ class StatusCache:
             log.warning("dropping a corrupt cache entry for %s: %s", domain, exc)
             self.backend.delete(key)
             return None
-        # Another host's clock may differ: never believe more than max_ttl from now.
-        expires_at = min(expires_at, now + self.settings.max_ttl)
-        return CachedStatus(decoded.status, min(decoded.stored_at, now), expires_at)
+        return CachedStatus(decoded.status, min(decoded.stored_at, now), expires_at), len(value)
 
     def get(self, domain: str, now: float) -> DomainStatus | None:
         entry = self.lookup(domain, now)
@@ -110,8 +110,9 @@ class StatusCache:
         if seconds <= 0:
             return None
         entry = CachedStatus(status, now, now + seconds)
-        self._front.put(status.domain, entry)
-        self.backend.put(status_key(status.domain), encode(status, now), entry.expires_at)
+        value = encode(status, now)
+        self._front.put(status.domain, entry, now=now, size=len(value))
+        self.backend.put(status_key(status.domain), value, entry.expires_at)
         self.stores += 1
         return entry
 
@@ -146,6 +147,8 @@ class StatusCache:
             "lru_entries": len(self._front),
             "lru_max_entries": self.settings.lru_entries,
             "lru_evictions": self._front.evictions,
+            "lru_bytes": self._front.bytes,
+            "lru_max_bytes": self.settings.memory_max_bytes,
             "local_hits": self.local_hits,
             "backend_hits": self.backend_hits,
             "misses": self.misses,
