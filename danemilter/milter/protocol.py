@@ -292,15 +292,25 @@ _PARSERS = {
 class Decoder:
     """Splits a byte stream into commands; keeps what is left of a partial packet."""
 
-    __slots__ = ("_buffer", "_max_packet")
+    __slots__ = ("_buffer", "_max_packet", "_needed")
 
     def __init__(self, max_packet: int) -> None:
         self._max_packet = max_packet
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._needed = 0  # octets the held-back packet needs in all
 
     def feed(self, data: bytes) -> list[Command]:
         """Every command complete in what arrived so far (raises ProtocolError)."""
-        buffer = self._buffer + data if self._buffer else data
+        if self._buffer:
+            # A packet trickling in is only appended to until it is complete: copying all
+            # of it on every read would be quadratic in its size (a peer's cheap attack).
+            self._buffer += data
+            if len(self._buffer) < self._needed:
+                return []
+            buffer = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            buffer = data
         commands: list[Command] = []
         offset, size = 0, len(buffer)
         while size - offset >= 4:
@@ -312,6 +322,7 @@ class Decoder:
                                     f"{self._max_packet}")
             end = offset + 4 + length
             if end > size:
+                self._needed = 4 + length
                 break
             code = buffer[offset + 4]
             parser = _PARSERS.get(code)
@@ -319,7 +330,10 @@ class Decoder:
                 raise ProtocolError(f"unknown command {bytes([code])!r}")
             commands.append(parser(buffer[offset + 5:end]))
             offset = end
-        self._buffer = buffer[offset:]
+        if offset < size:
+            if size - offset < 4:
+                self._needed = 4  # the length itself is still incomplete
+            self._buffer += buffer[offset:]
         return commands
 
     @property

@@ -215,7 +215,10 @@ class MilterConnection(asyncio.Protocol):
         elif kind is p.Quit:
             self._close()
         elif kind is p.QuitNewConnection:
+            # Another SMTP client on this connection: nothing of the last one carries over.
             self._session = Session(self._ref)
+            self._auth = False
+            self._rcpt_queue_id = self._eom_queue_id = None
         else:  # HELO, DATA, end of headers, body, unknown: nothing to decide
             self._answer_unless(_NO_REPLY[kind])
 

@@ -14,20 +14,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.milterproc import MilterProcess
+from danemilter.milter import protocol as p
+from tests.support.milterproc import InetMilterProcess, MilterProcess
+from tests.support.mtaclient import MtaClient
 from tests.support.ports import free_port
 from tests.support.postfix import wait_for
+from tests.support.procstat import thread_count
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 DANEMILTER = [sys.executable, "-m", "danemilter"]
+# The resolver self-check runs before the socket is claimed; these tests are about the
+# socket and the process (as MilterProcess configs, they say nothing of a resolver).
+NO_CHECK = "resolver_check: off\n"
 
 
 def test_unix_socket_gets_configured_mode_and_group(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     sock = tmp_path / "milter.sock"
     config = tmp_path / "danemilter.yaml"
-    config.write_text(f"listen: unix:{sock}\nsocket_mode: \"0660\"\nsocket_group: postfix\n")
+    config.write_text(f"listen: unix:{sock}\nsocket_mode: \"0660\"\nsocket_group: postfix\n"
+                      f"{NO_CHECK}")
     proc = subprocess.Popen([*DANEMILTER, "run", "--config", str(config)],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -46,7 +53,7 @@ def test_unix_socket_gets_configured_mode_and_group(tmp_path: Path) -> None:
 def test_inet_socket_and_clean_sigterm(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "danemilter.yaml"
-    config.write_text(f"listen: inet:{port}@127.0.0.1\n")
+    config.write_text(f"listen: inet:{port}@127.0.0.1\n{NO_CHECK}")
     proc = subprocess.Popen([*DANEMILTER, "run", "--config", str(config)],
                             stderr=subprocess.PIPE, text=True)
 
@@ -73,7 +80,7 @@ def test_inet_socket_and_clean_sigterm(tmp_path: Path) -> None:
     [
         ("listen: [oops\n", "invalid YAML"),
         ("colour: blue\n", "unknown key 'colour'"),
-        ("listen: unix:/nonexistent-dir/x.sock\n",
+        (f"listen: unix:/nonexistent-dir/x.sock\n{NO_CHECK}",
          "socket directory /nonexistent-dir does not exist"),
     ],
 )
@@ -120,12 +127,6 @@ def test_sighup_applies_a_new_policy_without_dropping_the_socket() -> None:
         assert milter.stop() == 0
 
 
-def _threads(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines()
-                    if line.startswith("Threads:")))
-
-
 def test_an_engine_replaced_by_a_reload_is_released() -> None:
     # A reload that changes the resolver (or the cache) builds a new engine; the old one
     # (loop thread, workers, cache and its LRU) must go once its lookups can have ended,
@@ -136,12 +137,171 @@ def test_an_engine_replaced_by_a_reload_is_released() -> None:
     try:
         assert milter.process is not None
         pid = milter.process.pid
-        baseline = _threads(pid)
+        baseline = thread_count(pid)
         for port in (5301, 5302, 5303):
             resolver = f"resolver: {{address: 127.0.0.1, port: {port}}}\n"
             milter.reload(policy.format(resolver=resolver))
         released = "closed the resolver and cache replaced by a reload"
         wait_for(lambda: milter.log().count(released) == 3, 20, "three engines released")
-        wait_for(lambda: _threads(pid) <= baseline, 5, "the thread count back to its start")
+        wait_for(lambda: thread_count(pid) <= baseline, 5, "the thread count back to its start")
+    finally:
+        assert milter.stop() == 0
+
+
+# --- socket safety (issue 11 item 5) ---------------------------------------------------
+
+TRANSPORTS = ["asyncio", "libmilter"]
+MILTER_LISTENING = "INFO listening on "  # the milter's line, not the policy socket's
+
+
+def _exits_2_saying(config: Path, message: str, env: dict[str, str] | None = None) -> None:
+    """``danemilter run`` exits 2 with one stderr line containing ``message``."""
+    result = subprocess.run([*DANEMILTER, "run", "--config", str(config)], env=env,
+                            capture_output=True, text=True, timeout=30, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+
+
+def _answers(listen: str) -> bool:
+    """Whether a milter on ``listen`` answers an option negotiation."""
+    with MtaClient(listen) as mta:
+        return bool(mta.negotiate() & p.Step.NOHELO)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_second_daemon_on_a_served_unix_socket_exits_2_and_takes_nothing(
+    tmp_path: Path, transport: str
+) -> None:
+    first = MilterProcess(f"transport: {transport}\n", log_level="info")
+    first.start()
+    try:
+        assert first.process is not None
+        second = tmp_path / "second.yaml"
+        second.write_text(f"listen: {first.listen}\ntransport: {transport}\n{NO_CHECK}")
+        _exits_2_saying(second, f"already served by PID {first.process.pid}")
+        assert first.socket.exists()
+        assert _answers(first.listen), "the first daemon must still answer"
+    finally:
+        assert first.stop() == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_stale_socket_file_is_replaced(tmp_path: Path, transport: str) -> None:
+    milter = MilterProcess(f"transport: {transport}\n", log_level="info")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(milter.socket))  # bound, never listening, then closed: no process
+    stale.close()
+    assert stat.S_ISSOCK(os.lstat(milter.socket).st_mode)
+    milter.start()
+    try:
+        assert _answers(milter.listen)
+    finally:
+        assert milter.stop() == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_regular_file_at_the_socket_path_is_left_alone(tmp_path: Path, transport: str) -> None:
+    target = tmp_path / "milter.sock"
+    target.write_text("precious\n")
+    config = tmp_path / "danemilter.yaml"
+    config.write_text(f"listen: unix:{target}\ntransport: {transport}\n{NO_CHECK}")
+    _exits_2_saying(config, f"{target} exists and is not a socket")
+    assert target.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_missing_socket_directory_exits_2(tmp_path: Path, transport: str) -> None:
+    config = tmp_path / "danemilter.yaml"
+    config.write_text(f"listen: unix:{tmp_path}/absent/milter.sock\ntransport: {transport}\n"
+                      f"{NO_CHECK}")
+    _exits_2_saying(config, f"socket directory {tmp_path}/absent does not exist")
+
+
+def test_an_inet_port_in_use_exits_2_saying_so(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen(1)
+        config = tmp_path / "danemilter.yaml"
+        config.write_text(f"listen: inet:{port}@127.0.0.1\ntransport: asyncio\n{NO_CHECK}")
+        _exits_2_saying(config, f"cannot listen on inet:{port}@127.0.0.1: address in use")
+
+
+# A stand-in for systemd: the listening socket on fd 3, LISTEN_PID = this process (which
+# exec keeps), then danemilter in its place.
+SOCKET_ACTIVATION = """
+import os, socket, sys
+family, address, config = sys.argv[1], sys.argv[2], sys.argv[3]
+if family == "unix":
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(address)
+else:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", int(address)))
+sock.listen(16)
+os.dup2(sock.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.execv(sys.executable, [sys.executable, "-m", "danemilter", "run", "--config", config])
+"""
+
+
+@pytest.mark.parametrize("family", ["unix", "inet"])
+def test_systemd_socket_activation_serves_the_passed_socket(tmp_path: Path, family: str) -> None:
+    tmp_path.chmod(0o755)
+    config = tmp_path / "danemilter.yaml"
+    config.write_text(f"listen: systemd\ntransport: asyncio\nlog_level: info\n{NO_CHECK}")
+    if family == "unix":
+        address = str(tmp_path / "activated.sock")
+        listen = f"unix:{address}"
+    else:
+        address = str(free_port())
+        listen = f"inet:{address}@127.0.0.1"
+    log = tmp_path / "milter.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SOCKET_ACTIVATION, family, address,
+                                 str(config)], stdout=out, stderr=out)
+    try:
+        wait_for(lambda: "listening on systemd" in log.read_text() or proc.poll() is not None,
+                 20, "the activated milter")
+        assert proc.poll() is None, log.read_text()
+        assert _answers(listen)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0, log.read_text()
+
+
+@pytest.mark.parametrize("environment", [{}, {"LISTEN_FDS": "1"},
+                                         {"LISTEN_FDS": "1", "LISTEN_PID": "1"}])
+def test_systemd_without_a_passed_socket_exits_2(tmp_path: Path,
+                                                  environment: dict[str, str]) -> None:
+    config = tmp_path / "danemilter.yaml"
+    config.write_text(f"listen: systemd\n{NO_CHECK}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+    _exits_2_saying(config, "systemd passed no socket", {**env, **environment})
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("kind", ["unix", "inet"])
+def test_listening_is_logged_only_once_the_socket_accepts(transport: str, kind: str) -> None:
+    milter = (InetMilterProcess if kind == "inet" else MilterProcess)(
+        f"transport: {transport}\n", log_level="info")
+    assert milter.log_path.parent.exists()
+    log = milter.log_path.open("ab")
+    proc = subprocess.Popen([*DANEMILTER, "run", "--config", str(milter.config_path)],
+                            stdout=log, stderr=log)
+    milter.process = proc
+    log.close()
+    try:
+        # Poll the log, not the socket: the moment the line is there, a connection must work.
+        wait_for(lambda: MILTER_LISTENING in milter.log() or proc.poll() is not None,
+                 20, "the listening line")
+        assert milter._accepting(), "logged 'listening' before the socket accepted"
+        assert _answers(milter.listen)
+        assert milter.log().count(MILTER_LISTENING) == 1
     finally:
         assert milter.stop() == 0

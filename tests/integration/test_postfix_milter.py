@@ -1,8 +1,10 @@
 """The milter inside a real private Postfix, deciding over the real DNSSEC test bed.
 
-Postfix's smtpd talks to ``danemilter run`` over a unix socket; accepted mail is relayed
-to smtp-sink, whose dumps are read back to check the exact headers. The policy is changed
-between tests with SIGHUP, so reloads are exercised all along.
+Postfix's smtpd talks to ``danemilter run`` over a unix socket, through each milter
+transport (``transport: asyncio`` and ``transport: libmilter``: one whole stack each);
+accepted mail is relayed to smtp-sink, whose dumps are read back to check the exact
+headers. The policy is changed between tests with SIGHUP, so reloads are exercised all
+along.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ class Stack:
     milter: MilterProcess
     postfix: PrivatePostfix
     sink: SmtpSink
+    transport: str
 
     def policy(self, body: str, *, deadline: float = 5, on_error: str = "tempfail",
                extra: str = "") -> str:
-        return (f"resolver: {{address: 127.0.0.1, port: {self.bed.resolver_port}, "
+        return (f"transport: {self.transport}\n"
+                f"resolver: {{address: 127.0.0.1, port: {self.bed.resolver_port}, "
                 f"timeout: 1}}\ndeadline: {deadline}\non_error: {on_error}\n{extra}"
                 f"policy:\n{body}")
 
@@ -50,17 +54,20 @@ def new_marker() -> str:
     return f"<t{next(_ids)}.{time.monotonic_ns()}@client.test>"
 
 
-@pytest.fixture(scope="module")
-def stack(dns_bed: DnssecTestBed) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["asyncio", "libmilter"])
+def stack(request: pytest.FixtureRequest, dns_bed: DnssecTestBed) -> Iterator[Stack]:
+    """The whole stack, once through each milter transport."""
     sink = SmtpSink()
     sink.start()
     milter = MilterProcess("")
-    stack = Stack(dns_bed, milter, None, sink)  # type: ignore[arg-type]
+    stack = Stack(dns_bed, milter, None, sink, request.param)  # type: ignore[arg-type]
     milter.write_config(stack.policy("  default: {dane: try}\n"))
     milter.start()
     postfix = PrivatePostfix(milter.postfix_address, sink.port)
     stack.postfix = postfix
     try:
+        wait_for(lambda: f"(transport {request.param}," in milter.log(), 10,
+                 f"the milter listening through transport {request.param}")
         postfix.start()
         yield stack
     finally:
