@@ -18,6 +18,15 @@ def unix_socket_accepts(path: str | os.PathLike[str]) -> bool:
     return True
 
 
+def tcp_accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a daemon is accepting TCP connections on ``host``:``port``."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the kernel just handed out, free for both TCP and UDP at the time."""
     for _ in range(_ATTEMPTS):
