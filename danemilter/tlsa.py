@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
-from danemilter.certs import issued_by, signed_by_key, spki_der
+from danemilter.certs import children, issued_by, read_tlv, signed_by_key, spki_der
 from danemilter.errors import CertificateError, InputError
 
 _ExtensionT = TypeVar("_ExtensionT", bound=x509.ExtensionType)
@@ -103,7 +103,7 @@ class TLSARecord:
         if self.selector not in (Selector.CERT, Selector.SPKI):
             return False
         if self.mtype == MatchingType.FULL:
-            return _parse_full(self.selector, self.data) is not None
+            return _parse_full(self) is not None
         expected = _DIGEST_LENGTH.get(MatchingType(self.mtype)) if self.mtype in (1, 2) else None
         return expected is not None and len(self.data) == expected
 
@@ -122,6 +122,7 @@ def association_data(der: bytes, mtype: int) -> bytes:
 # --- Chain matching (RFC 7672 §3, RFC 7671 §5 and §9) ---------------------------------------
 
 _NO_MATCH = "no TLSA record matches the certificate chain"
+_SEQUENCE_TAG = 0x30
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +280,8 @@ def _build_path(
             return path, (len(path) - 1, record, False)
     top = path[-1]
     for anchor in map(_record_anchor, records):
-        if anchor is not None and anchor.cert is None and signed_by_key(top, anchor.key):
+        if anchor is not None and anchor.cert is None and anchor.key is not None \
+                and signed_by_key(top, anchor.key):
             return path, (len(path) - 1, anchor.record, True)
     return path, None
 
@@ -388,38 +390,74 @@ def _what(cert: x509.Certificate, index: int, anchor: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _RecordAnchor:
-    """A DANE-TA trust anchor carried in the record itself (``2 0 0`` or ``2 1 0``)."""
+    """A DANE-TA trust anchor carried in the record itself (``2 0 0`` or ``2 1 0``).
+
+    ``key`` is None for a key OpenSSL decodes but cryptography will not load (an RSA key
+    with an even exponent, say): such a key signs nothing, yet its record is usable.
+    """
 
     record: TLSARecord
-    key: PublicKeyTypes
+    key: PublicKeyTypes | None
     cert: x509.Certificate | None
 
 
 def _record_anchor(record: TLSARecord) -> _RecordAnchor | None:
     if record.usage != Usage.DANE_TA or record.mtype != MatchingType.FULL:
         return None
-    parsed = _parse_full(record.selector, record.data)
-    if parsed is None:
-        return None
-    key, cert = parsed
-    return _RecordAnchor(record, key, cert)
+    return _parse_full(record)
 
 
-def _parse_full(selector: int, data: bytes
-                ) -> tuple[PublicKeyTypes, x509.Certificate | None] | None:
+def _parse_full(record: TLSARecord) -> _RecordAnchor | None:
     """A Full(0) record's certificate or SubjectPublicKeyInfo, as OpenSSL's d2i_X509 /
-    d2i_PUBKEY must accept it (whole input, usable key); None when damaged."""
+    d2i_PUBKEY must accept it (the whole input, with a decodable key); None when damaged."""
+    data = record.data
     try:
-        if selector == Selector.CERT:
+        if record.selector == Selector.CERT:
             cert = x509.load_der_x509_certificate(data)
             if cert.public_bytes(serialization.Encoding.DER) != data:
                 return None  # trailing bytes
-            return cert.public_key(), cert
-        if selector == Selector.SPKI:
-            return serialization.load_der_public_key(data), None
+            spki = spki_der(cert)
+            return _RecordAnchor(record, _public_key(spki), cert) \
+                if spki is not None and _decodable_key(spki) else None
+        if record.selector == Selector.SPKI and _decodable_key(data):
+            return _RecordAnchor(record, _public_key(data), None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         return None
     return None
+
+
+def _public_key(spki: bytes) -> PublicKeyTypes | None:
+    try:
+        return serialization.load_der_public_key(spki)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+
+
+_RSA_ENCRYPTION = bytes.fromhex("06092a864886f70d010101")
+_INTEGER, _BIT_STRING = 0x02, 0x03
+
+
+def _decodable_key(spki: bytes) -> bool:
+    """Whether OpenSSL's d2i_PUBKEY takes these bytes: what cryptography loads, and RSA
+    keys it refuses on arithmetic grounds (OpenSSL decodes n and e without judging them)."""
+    if _public_key(spki) is not None:
+        return True
+    try:
+        outer = read_tlv(spki, 0)
+        if outer.tag != _SEQUENCE_TAG or outer.end != len(spki):
+            return False
+        algorithm, key_bits = children(spki, outer)
+        oid = children(spki, algorithm)[0]
+        if spki[oid.start:oid.end] != _RSA_ENCRYPTION or key_bits.tag != _BIT_STRING \
+                or spki[key_bits.content] != 0:
+            return False
+        numbers = read_tlv(spki, key_bits.content + 1, key_bits.end)
+        if numbers.tag != _SEQUENCE_TAG or numbers.end != key_bits.end:
+            return False
+        parts = children(spki, numbers)
+    except (ValueError, IndexError):
+        return False
+    return len(parts) == 2 and all(p.tag == _INTEGER for p in parts)
 
 
 # --- OpenSSL's certificate predicates (crypto/x509/v3_purp.c, x509_vfy.c) -------------------

@@ -69,6 +69,9 @@ def _wait_accept(server: subprocess.Popen[bytes]) -> None:
 def verdict(chain: Sequence[x509.Certificate], key_pem: bytes, records: Sequence[str],
             domain: str, directory: Path) -> OpenSSLVerdict:
     """What s_client says about ``chain`` (leaf first, sent as is) under ``records``."""
+    if not records:
+        # s_client refuses to run; Postfix: no TLSA records for SMTP, DANE does not apply.
+        return OpenSSLVerdict(False, None, 0, "no records to give s_client")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "leaf.pem").write_bytes(_pem(chain[:1]))
     (directory / "leaf.key").write_bytes(key_pem)
