@@ -19,6 +19,7 @@ from cryptography import x509
 
 from danemilter.certs import load_certificate, load_certificates
 from danemilter.errors import InputError, UsageError
+from danemilter.files import read_regular_file
 from danemilter.ocsp import CheckStatus, OCSPVerdict, response_der_from_file, verify_response
 from danemilter.ocsp_fetch import Outcome, refresh_staple
 
@@ -50,6 +51,9 @@ _DURATION = re.compile(r"(\d+)([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_MAX_DURATION = 100 * 366 * 86_400  # beyond it, datetime arithmetic overflows
+
+
 def parse_duration(text: str) -> timedelta:
     """``90``, ``90s``, ``15m``, ``2h``, ``7d``, ``1w``, or sums such as ``1h30m``."""
     position = 0
@@ -63,6 +67,8 @@ def parse_duration(text: str) -> timedelta:
         position = match.end()
     if not spec:
         raise UsageError("empty duration")
+    if seconds > _MAX_DURATION:
+        raise UsageError(f"duration {text!r} is longer than 100 years")
     return timedelta(seconds=seconds)
 
 
@@ -136,10 +142,7 @@ def _seconds(text: str) -> float:
 
 
 def _read(path: str | Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    return read_regular_file(path)
 
 
 def _load_cert(path: str, what: str) -> x509.Certificate:

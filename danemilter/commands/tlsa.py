@@ -14,7 +14,7 @@ from typing import Any
 from cryptography import x509
 
 from danemilter.certs import load_certificates
-from danemilter.errors import InputError
+from danemilter.files import read_regular_file
 from danemilter.names import normalize_domain
 from danemilter.tlsa import TLSARecord, generate, match_chain
 
@@ -71,12 +71,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _read_certificates(path: str) -> list[x509.Certificate]:
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return load_certificates(data, path, der=False)
+    return load_certificates(read_regular_file(path), path, der=False)
 
 
 def _unix_time(text: str) -> datetime:

@@ -145,8 +145,11 @@ def test_yaml_off_is_the_word_off() -> None:
     assert (rule.dane, rule.ocsp) == (DaneMode.OFF, OcspMode.OFF)
 
 
-def test_empty_file_and_no_file_are_builtin_defaults() -> None:
-    assert parse("", "f.yaml").policy == Settings().policy
+def test_no_file_is_builtin_defaults_an_empty_file_an_error() -> None:
+    for text in ("", "# just a comment\n", "\n\n---\n"):
+        with pytest.raises(ConfigErrors, match="f.yaml: the file is empty"):
+            parse(text, "f.yaml")
+    assert parse("{}", "f.yaml").policy == Settings().policy
     defaults = load(None)
     assert defaults.listen == "inet:8891@127.0.0.1"
     assert defaults.policy.default == Rule(DaneMode.TRY, OcspMode.OFF, FailAction.TAG)
@@ -196,7 +199,7 @@ def test_probe_errors(text: str, message: str) -> None:
 
 def test_transport_and_limits() -> None:
     from danemilter.config import MilterLimits, Transport
-    default = parse("", "empty.yaml")
+    default = parse("{}", "empty.yaml")
     assert default.transport is Transport.ASYNCIO
     assert default.limits == MilterLimits()
     s = parse("transport: libmilter\nlisten: systemd\n"

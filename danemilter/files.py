@@ -1,0 +1,28 @@
+"""Reading the files a user names (policy, certificates, OCSP responses): regular files
+only, so that a FIFO or a device never makes a command wait forever."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from danemilter.errors import InputError
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of ``path``; InputError (one line) when it cannot be read or is not a
+    regular file. Opened non-blocking: opening a FIFO without a writer would block."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"cannot read {path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            return stream.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
