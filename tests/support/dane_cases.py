@@ -211,10 +211,12 @@ def _record(rng: random.Random, nodes: dict[str, Node], kinds: list[str]) -> str
     return f"{usage} {selector} {mtype} {data.hex()}"
 
 
-def make_case(number: int, rng: random.Random, pool: KeyPool, now: datetime) -> DaneCase:
+def make_case(number: int, rng: random.Random, pool: KeyPool, now: datetime,
+              name: str | None = None) -> DaneCase:
+    """Case ``number``; ``name`` is the reference name (TLSA base domain), random if None."""
     kinds: list[str] = []
     build = _Builder(rng, now, kinds)
-    name = f"mx{number}.example{rng.randrange(1, 9)}.test"
+    name = name or f"mx{number}.example{rng.randrange(1, 9)}.test"
     names, cn, partial = _leaf_names(rng, name, kinds)
     keys = pool.draw(6)
     leaf_subject = _name(cn) if cn is not None else x509.Name([])
@@ -290,6 +292,11 @@ def _present(rng: random.Random, chain: list[x509.Certificate],
     else:
         kinds.append("sent-whole")
     return [leaf, *rest[:3]]
+
+
+def ee_record(cert: x509.Certificate) -> str:
+    """The ``3 1 1`` record that pins ``cert``."""
+    return f"3 1 1 {_digest(_selected(cert, 1), 1).hex()}"
 
 
 def case_mix(cases: Sequence[DaneCase]) -> Counter[str]:

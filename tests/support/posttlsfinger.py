@@ -71,23 +71,27 @@ class PosttlsFinger:
         self.resolv_conf = directory / "resolv.conf"
         self.resolv_conf.write_text(f"nameserver {relay_address}\noptions trust-ad\n")
 
-    def command(self, destination: str, *, level: str = "dane", timeout: int = 5) -> list[str]:
+    def command(self, destination: str, *, level: str = "dane", timeout: int = 5,
+                verbose: bool = False) -> list[str]:
+        # -v: only verbose output says 'no usable TLSA records found, resorting to "secure"'.
         return [
             "unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_AND_RUN, "sh",
-            str(self.resolv_conf), "posttls-finger", "-c", "-t", str(timeout), "-T",
-            str(timeout), "-l", level, destination,
+            str(self.resolv_conf), "posttls-finger", "-c", *(["-v"] if verbose else []),
+            "-t", str(timeout), "-T", str(timeout), "-l", level, destination,
         ]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "MAIL_CONFIG": str(self.directory)}
 
-    def run(self, destination: str, *, level: str = "dane", timeout: int = 5) -> FingerResult:
+    def run(self, destination: str, *, level: str = "dane", timeout: int = 5,
+            verbose: bool = False) -> FingerResult:
         import time
 
         began = time.monotonic()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc = subprocess.run(
-                self.command(destination, level=level, timeout=timeout), env=self.env(),
+                self.command(destination, level=level, timeout=timeout, verbose=verbose),
+                env=self.env(),
                 capture_output=True, text=True, timeout=timeout * 4 + 10, check=False,
             )
             return FingerResult(proc.returncode, proc.stdout + proc.stderr,
