@@ -125,7 +125,8 @@ def run(seed: int, count: int, out: Path) -> None:
             finger = PosttlsFinger(out.parent / "posttls-finger", relay.listen)
             with ThreadPoolExecutor(4) as executor:
                 fingered = list(executor.map(
-                    lambda d: finger.run(f"{d}:{world.port}", timeout=PROBE_TIMEOUT, verbose=True), domains))
+                    lambda d: finger.run(f"{d}:{world.port}", timeout=PROBE_TIMEOUT,
+                                         verbose=True), domains))
         finally:
             relay.stop()
     hosts: list[dict[str, Any]] = []
