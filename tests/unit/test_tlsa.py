@@ -493,3 +493,23 @@ def test_depth_does_not_depend_on_record_order(issuer: Issued, server: Issued) -
     for records in ([sha512, full], [full, sha512]):
         result = _check([server, issuer], records)
         assert (result.verified, result.depth) == (True, 1), records
+
+
+def test_rsa_key_openssl_decodes_but_cryptography_refuses_keeps_its_record_usable() -> None:
+    # An even public exponent: OpenSSL's d2i_PUBKEY decodes n and e without judging them, so
+    # Postfix counts "3 1 0" with this key as usable (it matches nothing); the differential
+    # suite found cryptography refusing to load it.
+    rsa_leaf = make_leaf(None, ["mx.example.com"], kind="rsa")
+    spki = _spki(rsa_leaf.cert)
+    assert spki.endswith(b"\x01\x00\x01")
+    even = spki[:-1] + b"\x00"
+    with pytest.raises(ValueError):
+        serialization.load_der_public_key(even)
+    for usage in (2, 3):
+        record = TLSARecord(usage, 1, 0, even)
+        assert record.usable
+        assert _check([rsa_leaf], [record]) == MatchResult(False, None, 1, _NO_MATCH_TEXT)
+    assert not TLSARecord(3, 1, 0, even + b"\x00").usable
+
+
+_NO_MATCH_TEXT = "no TLSA record matches the certificate chain"
