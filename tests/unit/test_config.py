@@ -147,7 +147,7 @@ def test_yaml_off_is_the_word_off() -> None:
 
 def test_no_file_is_builtin_defaults_an_empty_file_an_error() -> None:
     for text in ("", "# just a comment\n", "\n\n---\n"):
-        with pytest.raises(ConfigErrors, match="f.yaml: the file is empty"):
+        with pytest.raises(ConfigErrors, match=r"f\.yaml: the file is empty"):
             parse(text, "f.yaml")
     assert parse("{}", "f.yaml").policy == Settings().policy
     defaults = load(None)
