@@ -52,3 +52,10 @@ class ListenError(DanemilterError):
     directory): a start-up problem for the operator, not a crash."""
 
     exit_code = 2
+
+
+class ResolverCheckFailed(DanemilterError):
+    """The resolver failed its self-check under ``resolver_check: refuse``: the daemon
+    does not start (a resolver that does not validate makes DANE impossible)."""
+
+    exit_code = 2

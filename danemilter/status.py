@@ -26,6 +26,9 @@ class DomainState(StrEnum):
     NULLMX = "nullmx"
     NXDOMAIN = "nxdomain"
     DANE_MISMATCH = "dane-mismatch"
+    # The resolver failed its self-check under ``resolver_check: degrade``: its AD bits
+    # mean nothing, so no domain is looked up or judged (danemilter.resolver_check).
+    RESOLVER_NOT_VALIDATING = "resolver-not-validating"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,11 @@ class DomainStatus:
         if self.canonical is not None:
             document["canonical"] = self.canonical
         return document
+
+
+def not_validating(domain: str, reason: str) -> DomainStatus:
+    """The status of every domain while the resolver fails its self-check."""
+    return DomainStatus(domain, DomainState.RESOLVER_NOT_VALIDATING, 0, False, (), reason, 0)
 
 
 def usage_bits(hosts: tuple[HostStatus, ...]) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 from danemilter.config.model import DaneMode, ErrorAction, MilterLimits
 from danemilter.deadline import Deadline
 from danemilter.errors import InputError
+from danemilter.metrics import METRICS
 from danemilter.milter.session import INTERNAL_ERROR, Runtime, RuntimeRef
 from danemilter.names import normalize_domain
 from danemilter.policy import Decision, decide, wants_probe
@@ -133,7 +134,9 @@ class PolicyServer:
     def _answer(self, request: Request) -> bytes | Coroutine[Any, Any, bytes]:
         runtime = self.ref.get()
         if isinstance(request, SocketmapQuery):
+            METRICS.policy_queries["socketmap"] += 1
             return self._socketmap(runtime, request)
+        METRICS.policy_queries["line"] += 1
         return self._line(runtime, request)
 
     def _socketmap(self, runtime: Runtime, query: SocketmapQuery

@@ -41,6 +41,10 @@ class MilterProcess:
         header = (f"listen: {self.listen}\nsocket_mode: \"0666\"\n"
                   f"log_level: {self.log_level}\n"
                   f"cache: {{backend: sqlite, path: {self.cache_path}}}\n")
+        if "resolver_check" not in text:
+            # The bed's resolver validates test. only, and no test has the root zone:
+            # tests of the self-check say resolver_check themselves.
+            header += "resolver_check: off\n"
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(header + text)
         os.replace(tmp, self.config_path)
