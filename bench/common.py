@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -13,7 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from danemilter.config.model import Settings
 from tests.support.dnsbed import Zone
+from tests.support.milterproc import InetMilterProcess, MilterProcess
+from tests.support.postfix import wait_for
 
 BENCH_ZONE = "bench.test"
 # Below bench.test: every name matches a wildcard MX, so any number of distinct DANE
@@ -21,6 +26,9 @@ BENCH_ZONE = "bench.test"
 WILD_LABEL = "wild"
 SHARED_LABEL = "shared"
 WIDE_LABEL = "wide"
+# danemilter's milter transports, and the sockets the MTA reaches a milter on.
+TRANSPORTS = ("asyncio", "libmilter")
+SOCKET_KINDS = ("tcp", "unix")
 
 
 def bench_domains(count: int, start: int = 0) -> list[str]:
@@ -141,3 +149,68 @@ def print_figures(figures: Sequence[Figure], out_json: str | None = None) -> Non
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def danemilter_process(transport: str, kind: str, resolver_port: int | None, *,
+                       log_level: str = "info", extra: str = "") -> MilterProcess:
+    """``danemilter run`` (not started) through ``transport`` on a TCP port of 127.0.0.1
+    (``kind`` "tcp") or a unix socket, ``dane: try`` for every domain; ``extra`` is more
+    configuration (YAML, top level)."""
+    process = (InetMilterProcess if kind == "tcp" else MilterProcess)("", log_level)
+    resolver = ("" if resolver_port is None else
+                f"resolver: {{address: 127.0.0.1, port: {resolver_port}, timeout: 2}}\n")
+    # The test bed's resolver serves only its own zones (no root): the start-up self-check
+    # of the resolver, where this danemilter has one, would refuse it.
+    fields = getattr(Settings, "__dataclass_fields__", {})
+    check = "resolver_check: off\n" if "resolver_check" in fields else ""
+    process.write_config(f"transport: {transport}\n{resolver}{check}"
+                         f"policy:\n  default: {{dane: try}}\n{extra}")
+    return process
+
+
+def transport_named(process: MilterProcess, transport: str) -> None:
+    """Wait until the started daemon logged that it serves through ``transport`` (its log
+    lines are written by a thread of their own, behind the socket's readiness)."""
+    wait_for(lambda: f"(transport {transport}" in process.log(), 10,
+             f"danemilter's 'listening ... (transport {transport}' line")
+
+
+def add_noop_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both no-op milters take besides where they listen."""
+    parser.add_argument("--add-header", metavar="VALUE",
+                        help="insert 'X-DANE-Status: VALUE' (at index 1) at end of every "
+                        "message")
+    parser.add_argument("--check", action="store_true",
+                        help="compare the negotiation with danemilter's and exit")
+
+
+def check_report(program: str, problems: Sequence[str], agreement: str) -> int:
+    """A no-op milter's ``--check`` output (one line a difference) and exit status."""
+    for problem in problems:
+        print(f"{program}: {problem}")
+    if not problems:
+        print(f"{program}: {agreement}")
+    return 1 if problems else 0
+
+
+def served_variants() -> tuple[list[tuple[str, str]], list[str]]:
+    """The (transport, socket kind) pairs this danemilter accepts, and a line for each it
+    refuses (``danemilter check-config``: libmilter may be refused on TCP, where any
+    local process could reach it)."""
+    served, refused = [], []
+    for transport in TRANSPORTS:
+        for kind in SOCKET_KINDS:
+            process = danemilter_process(transport, kind, None)
+            try:
+                done = subprocess.run([sys.executable, "-m", "danemilter", "check-config",
+                                       str(process.config_path)], capture_output=True,
+                                      text=True, check=False)
+            finally:
+                process.stop()
+            if done.returncode == 0:
+                served.append((transport, kind))
+            else:
+                why = (done.stdout + done.stderr).strip().splitlines()[-1:]
+                refused.append(f"not measured: {transport} on {kind}, refused by "
+                               f"check-config: {' '.join(why)}")
+    return served, refused

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 import Milter
+from common import add_noop_arguments, check_report
 
 # danemilter's flags (commands/run.py): header edits and quarantine.
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
@@ -97,18 +98,11 @@ def check_against_danemilter() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", help="unix socket path to listen on")
-    parser.add_argument("--add-header", metavar="VALUE",
-                        help="insert 'X-DANE-Status: VALUE' at end of every message")
-    parser.add_argument("--check", action="store_true",
-                        help="compare the negotiation with danemilter's and exit")
+    add_noop_arguments(parser)
     args = parser.parse_args(argv)
     if args.check:
-        problems = check_against_danemilter()
-        for problem in problems:
-            print(f"noop_milter: {problem}")
-        if not problems:
-            print("noop_milter: negotiates the same callbacks and macros as danemilter")
-        return 1 if problems else 0
+        return check_report("noop_milter", check_against_danemilter(),
+                            "negotiates the same callbacks and macros as danemilter")
     if not args.socket:
         parser.error("--socket is required")
     # Postfix's smtpd runs as user postfix and must be able to connect; libmilter

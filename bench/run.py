@@ -5,8 +5,11 @@
     .venv/bin/python bench/run.py --only throughput,latency --messages 500
 
 Measurements (see each module's docstring for the method):
-  throughput  bench/throughput.py             Postfix + smtp-source: none, no-op, warm, cold
-  latency     bench/rcpt_latency.py           added latency per RCPT, p50/p99, warm and cold
+  throughput  bench/throughput.py             Postfix + smtp-source: none, no-op milters,
+                                              danemilter asyncio/libmilter on TCP/unix
+  latency     bench/rcpt_latency.py           added latency per RCPT, p50/p99, warm and cold,
+                                              each transport and socket kind
+  idle        bench/idle_connections.py       RSS and threads with 1,000 idle connections
   cold        bench/cold_eval.py              1,000 cold domains; parallel MX; coalescing
   verify      bench/verify_vs_posttls_finger.py   verify vs posttls-finger, 100 domains
   memory      bench/memory_soak.py            RSS with 100,000 cached domains; soak; reloads
@@ -30,13 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cold_eval
+import idle_connections
 import memory_soak
 import rcpt_latency
 import throughput
 import verify_vs_posttls_finger
 from common import Figure, print_figures
 
-MEASUREMENTS = ("throughput", "latency", "cold", "verify", "memory")
+MEASUREMENTS = ("throughput", "latency", "idle", "cold", "verify", "memory")
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,15 @@ class Counts:
     verify_domains: int
     memory_domains: int
     soak: float
+    idle_connections: int
 
 
 FULL = Counts(messages=2000, recipients=5, sessions=20, rounds=5, warm_rcpts=2000,
               cold_rcpts=500, cold_domains=1000, verify_domains=100,
-              memory_domains=100_000, soak=600)
+              memory_domains=100_000, soak=600, idle_connections=1000)
 QUICK = Counts(messages=300, recipients=5, sessions=20, rounds=1, warm_rcpts=300,
                cold_rcpts=100, cold_domains=200, verify_domains=30,
-               memory_domains=20_000, soak=30)
+               memory_domains=20_000, soak=30, idle_connections=1000)
 
 
 def machine() -> str:
@@ -89,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, help="soak seconds (0: no soak)")
     parser.add_argument("--memory-domains", type=int, help="domains cached for the RSS figure")
     parser.add_argument("--cold-domains", type=int, help="domains for the cold evaluation")
+    parser.add_argument("--cold-throughput", action="store_true",
+                        help="throughput also for cold domains (one smtp-source a message)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
@@ -101,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cold_domains=args.cold_domains or base.cold_domains,
         verify_domains=base.verify_domains,
         memory_domains=args.memory_domains or base.memory_domains,
-        soak=base.soak if args.soak is None else args.soak)
+        soak=base.soak if args.soak is None else args.soak,
+        idle_connections=base.idle_connections)
     chosen = [m.strip() for m in args.only.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(MEASUREMENTS))
     if unknown:
@@ -109,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs: dict[str, Callable[[], tuple[list[Figure], list[str]]]] = {
         "throughput": lambda: throughput.measure(counts.messages, counts.recipients,
-                                                 counts.sessions, counts.rounds),
+                                                 counts.sessions, counts.rounds,
+                                                 args.cold_throughput),
         "latency": lambda: rcpt_latency.measure(counts.cold_rcpts, counts.warm_rcpts),
+        "idle": lambda: idle_connections.measure(counts.idle_connections),
         "cold": lambda: cold_eval.measure(counts.cold_domains, 20, 50, 8, same=50, shared=20),
         "verify": lambda: verify_vs_posttls_finger.measure(counts.verify_domains, 16),
         "memory": lambda: memory_soak.measure(counts.memory_domains, counts.soak, ["sqlite"],
