@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -37,7 +38,10 @@ DOMAINS: dict[str, str | None] = {
     "defer": None,
     "reject": None,
 }
-MOUNT_AND_RUN = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+# The MTA resolves through the bed, and its "smtp" port is the receiver's (a private
+# /etc/services): port 25 may belong to a mail server running beside the tests.
+MOUNT_AND_RUN = ('mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/services '
+                 '&& shift 2 && exec "$@"')
 
 
 def domain(name: str) -> str:
@@ -93,7 +97,10 @@ class DeliveryWorld:
             records += [f"{name} MX 10 mx.{name}", f"mx.{name} A {self.receiver.address}"]
             if tlsa is not None:
                 digest = match if tlsa == "match" else "00" * 32
-                records.append(f"_25._tcp.mx.{name} TLSA 3 1 1 {digest}")
+                # Port 25 for danemilter (RFC 7672 asks there), the receiver's port for
+                # the MTAs, which ask at the port they connect to.
+                for port in (25, self.receiver.port):
+                    records.append(f"_{port}._tcp.mx.{name} TLSA 3 1 1 {digest}")
         self.bed = DnssecTestBed([Zone(ZONE, records=tuple(records))])
         self.bed.start()
         self.relay = start_relay((self.bed.resolver_address, self.bed.resolver_port))
@@ -101,15 +108,22 @@ class DeliveryWorld:
         # RES_TRUSTAD itself).
         self.resolv_conf.write_text(f"nameserver {self.relay.listen}\n"
                                     "options edns0 trust-ad\n")
+        services = Path("/etc/services").read_text()
+        self.services.write_text(re.sub(r"(?m)^smtp\s+25/tcp.*$",
+                                        f"smtp\t\t{self.receiver.port}/tcp\tmail", services))
 
     @property
     def resolv_conf(self) -> Path:
         return self.root / "resolv.conf"
 
+    @property
+    def services(self) -> Path:
+        return self.root / "services"
+
     def in_namespace(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run in a private mount namespace that resolves through the bed."""
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", MOUNT_AND_RUN,
-                "sh", str(self.resolv_conf), *argv]
+                "sh", str(self.resolv_conf), str(self.services), *argv]
 
     @contextlib.contextmanager
     def daemon(self, policy: str) -> Iterator[MilterProcess]:
@@ -160,6 +174,8 @@ class DeliveringPostfix(PrivatePostfix):
             "smtp_tls_loglevel=1",
             "smtp_address_preference=ipv4",
             "smtp_connect_timeout=5s",
+            # Postfix 3.6+ knows smtp=25 itself (known_tcp_ports), not from /etc/services.
+            f"smtp_tcp_port={world.receiver.port if world.receiver else 25}",
             "maximal_backoff_time=3600s",
             "minimal_backoff_time=3600s",
             *extra,

@@ -30,8 +30,8 @@ UNPACKED = REPO / ".cache" / "exim"
 FRAGMENTS = REPO / "packaging" / "exim"
 PACKAGES = ("exim4-daemon-light", "exim4-base", "exim4-config", "libidn12")
 EXIM_UID = 990
-_MOUNTS = ('for f in resolv.conf passwd group; do mount --bind "$1/$f" "/etc/$f" || exit 1; '
-           'done; shift; exec "$@"')
+_MOUNTS = ('for f in resolv.conf passwd group services; do mount --bind "$1/$f" "/etc/$f" '
+           '|| exit 1; done; shift; exec "$@"')
 
 
 class EximError(RuntimeError):
@@ -137,6 +137,9 @@ class PrivateExim:
             passwd + f"Debian-exim:x:{EXIM_UID}:{EXIM_UID}::/nonexistent:/usr/sbin/nologin\n")
         (run / "group").write_text(group + f"Debian-exim:x:{EXIM_UID}:\n")
         shutil.copy(self.resolv_conf, run / "resolv.conf")
+        # The delivery world's "smtp" port (its receiver's), else the host's services.
+        services = self.resolv_conf.with_name("services")
+        shutil.copy(services if services.exists() else "/etc/services", run / "services")
         for name in ("spool", "log"):
             (run / name).mkdir(exist_ok=True)
             shutil.chown(run / name, EXIM_UID, EXIM_UID)

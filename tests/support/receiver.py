@@ -3,8 +3,10 @@ stores every message: the MX host that Postfix or Exim delivers to in delivery t
 
 It answers EHLO (offering STARTTLS), STARTTLS, MAIL, RCPT, DATA, RSET, NOOP and QUIT;
 each message is kept with its envelope and whether it came over TLS. It binds
-``address:port`` (port 25 on a spare 127.25.x.y address, so the MTA's ordinary MX
-lookup reaches it; root binds it).
+``address:port``: a fresh port on a spare 127.25.x.y address, never 25, which a mail
+server running beside the tests (Postfix: inet_interfaces = all) holds on every
+address. The MTAs under test reach it through a private /etc/services that names that
+port "smtp" (tests/support/delivery.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support import pki
+from tests.support.ports import free_port
 
 _IDLE = 30.0
 
@@ -57,15 +60,15 @@ class ReceivingServer:
     def on_spare_address(cls, directory: Path) -> ReceivingServer:
         last: OSError | None = None
         for _ in range(20):
-            server = cls(f"127.25.{random.randint(1, 254)}.{random.randint(1, 254)}",
-                         directory)
+            address = f"127.25.{random.randint(1, 254)}.{random.randint(1, 254)}"
+            server = cls(address, directory, port=free_port(address))
             try:
                 server.start()
             except OSError as exc:
                 last = exc
                 continue
             return server
-        raise RuntimeError(f"no free 127.25.x.y:25 for the receiving server: {last}")
+        raise RuntimeError(f"no free 127.25.x.y address for the receiving server: {last}")
 
     def __enter__(self) -> ReceivingServer:
         return self
