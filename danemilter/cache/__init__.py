@@ -49,8 +49,10 @@ def open_backend(settings: CacheSettings) -> CacheBackend:
     if settings.backend == BackendName.MEMORY:
         return MemoryBackend(settings.max_entries, settings.memory_max_bytes)
     if settings.backend == BackendName.REDIS:
-        return RedisBackend(settings.url, settings.key_prefix, settings.max_entries)
-    return SQLiteBackend(settings.path, settings.max_entries)
+        return RedisBackend(settings.url, settings.key_prefix, settings.max_entries,
+                            max_bytes=settings.memory_max_bytes)
+    return SQLiteBackend(settings.path, settings.max_entries,
+                         max_bytes=settings.memory_max_bytes)
 
 
 def open_cache(settings: CacheSettings) -> StatusCache:

@@ -12,6 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
+# Hosts sharing a cache keep their clocks within this of each other; an entry written
+# further ahead than that was written before the reader's clock was stepped back.
+CLOCK_SKEW = 60.0
+
 
 class CacheBackend(Protocol):
     name: str
@@ -46,3 +50,13 @@ def read_fresh(backend: CacheBackend, key: str, now: float, max_ttl: float = mat
     if not math.isfinite(expires_at) or not now < expires_at <= now + max_ttl:
         return None
     return found
+
+
+def written_ahead(stored_at: float, now: float) -> bool:
+    """Whether an entry written at ``stored_at`` comes from ``now``'s future.
+
+    A clock stepped back by less than ``max_ttl`` leaves every expiry within
+    ``read_fresh``'s bound, yet the entry's age is unknown (after a step of a day, one
+    with a minute to live would be believed for the day): such an entry is stale.
+    """
+    return stored_at > now + CLOCK_SKEW

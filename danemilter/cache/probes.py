@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from danemilter.cache.backend import CacheBackend, read_fresh
+from danemilter.cache.backend import CacheBackend, read_fresh, written_ahead
 from danemilter.cache.codec import CodecError, ProbeEntry, decode_probes, encode_probes
 from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
@@ -127,5 +127,7 @@ class ProbeCache:
         except CodecError as exc:
             log.warning("dropping a corrupt cached probe of %s: %s", domain, exc)
             self.backend.delete(key)
+            return None
+        if written_ahead(entry.stored_at, now):
             return None
         return _Held(entry, expires_at), len(value)

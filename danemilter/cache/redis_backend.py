@@ -10,7 +10,7 @@
   Redis meanwhile) and that is logged too. Entries carry their expiry wherever
   they live, so no answer outlives its lifetime.
 * Redis bounds its own memory (``maxmemory`` with ``volatile-ttl``): ``max_entries``
-  bounds only the fallback.
+  and ``max_bytes`` (``cache.memory_max_bytes``) bound only the fallback.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def redact(url: str) -> str:
 class RedisBackend:
     name = "redis"
 
-    def __init__(self, url: str, key_prefix: str, max_entries: int, *,
+    def __init__(self, url: str, key_prefix: str, max_entries: int, *, max_bytes: int = 0,
                  timeout: float = 0.5, retry_initial: float = 1.0, retry_max: float = 60.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
@@ -69,7 +69,8 @@ class RedisBackend:
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), retry_on_error=[])
-        self._fallback = MemoryBackend(max_entries)
+        # Bounded like the memory backend: an outage must not grow the process unbounded.
+        self._fallback = MemoryBackend(max_entries, max_bytes)
         self._lock = threading.Lock()
         self._down = False
         self._retry_at = 0.0
@@ -179,6 +180,7 @@ class RedisBackend:
         return {"backend": self.name, "url": self.url, "key_prefix": self.key_prefix,
                 "connected": not self._down, "entries": entries,
                 "fallback": self._down, "fallback_entries": len(self._fallback),
+                "fallback_bytes": self._fallback.bytes,
                 "outages": self.outages, "errors": self.errors}
 
     def close(self) -> None:

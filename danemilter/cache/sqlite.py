@@ -8,6 +8,9 @@
   ``<path>.corrupt-<UNIX time>`` (with its ``-wal``/``-shm`` files) and a fresh one is
   started; if even that fails, an in-process MemoryBackend takes over. Each is
   logged; nothing raises. A busy or read-only file only costs a miss or a dropped write.
+* ``read_only`` (inspection: ``danemilter cache show|stats``) opens the file with
+  ``mode=ro`` and never recovers: a file it cannot read is left as it is, and
+  ``problem`` says why.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,10 +81,15 @@ def _unusable(exc: BaseException) -> bool:
 class SQLiteBackend:
     name = "sqlite"
 
-    def __init__(self, path: str | Path, max_entries: int, *, busy_timeout: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str | Path, max_entries: int, *, max_bytes: int = 0,
+                 busy_timeout: float = 2.0, clock: Callable[[], float] = time.time,
+                 read_only: bool = False) -> None:
         self.path = Path(path)
         self.max_entries = max_entries
+        # Bounds the in-process fallback like the memory backend (cache.memory_max_bytes).
+        self.max_bytes = max_bytes
+        self.read_only = read_only
+        self.problem: str | None = None  # why a read-only file could not be used
         self.busy_timeout = busy_timeout
         self._clock = clock
         self._lock = threading.RLock()
@@ -97,6 +106,9 @@ class SQLiteBackend:
     # --- opening and recovery ---------------------------------------------------
 
     def _open_or_recover(self) -> None:
+        if self.read_only:
+            self._open_read_only()
+            return
         for _ in range(_OPEN_ATTEMPTS):
             try:
                 self._conn = self._open()
@@ -110,7 +122,7 @@ class SQLiteBackend:
                 log.error("cache file %s cannot be used: %s", self.path, exc)
                 break
         else:
-            self._fallback = MemoryBackend(self.max_entries)
+            self._fallback = MemoryBackend(self.max_entries, self.max_bytes)
             log.error("cache file %s stays busy: caching in this process only", self.path)
             return
         self._move_aside()
@@ -119,18 +131,41 @@ class SQLiteBackend:
             log.warning("started a fresh cache file %s", self.path)
         except (sqlite3.Error, _Corrupt, OSError) as exc:
             self._close_connection()
-            self._fallback = MemoryBackend(self.max_entries)
+            self._fallback = MemoryBackend(self.max_entries, self.max_bytes)
             log.error("cache file %s cannot be created (%s): caching in this process only",
                       self.path, exc)
 
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                               check_same_thread=False)
+    def _open_read_only(self) -> None:
+        """Inspection (``danemilter cache show|stats``): the file is only ever read. One
+        that cannot be read is left exactly as it is (not moved aside, no fresh file
+        created in its place by the caller, who may be root) and the reason is kept."""
+        try:
+            self._conn = self._open()
+        except (sqlite3.Error, _Corrupt, OSError) as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        self._close_connection()
+        self.problem = str(exc) or type(exc).__name__
+        self._fallback = MemoryBackend(1)
+        log.debug("cache file %s cannot be read: %s", self.path, exc)
+
+    def _connect(self, target: str | Path, *, uri: bool = False
+                 ) -> tuple[sqlite3.Connection, int, set[str]]:
+        """A connection (kept as ``_conn``), the file's schema version and its tables."""
+        conn = sqlite3.connect(target, uri=uri, timeout=self.busy_timeout,
+                               isolation_level=None, check_same_thread=False)
         self._conn = conn
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return conn, int(version), tables
+
+    def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            return self._open_for_reading()
+        conn, version, tables = self._connect(self.path)
         if version not in (0, SCHEMA_VERSION) or (version == 0 and tables):
             raise _Corrupt(f"unexpected schema (version {version}, tables {sorted(tables)})")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -150,6 +185,21 @@ class SQLiteBackend:
         except BaseException:
             _rollback(conn)
             raise
+        self._inode = os.stat(self.path).st_ino
+        return conn
+
+    def _open_for_reading(self) -> sqlite3.Connection:
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+        if not Path(f"{self.path}-shm").exists():
+            # Nobody has the file open in WAL mode; even a read-only connection would
+            # create the -shm and -wal files (owned by the caller). immutable reads the
+            # file as it is, creating nothing; what a crashed writer left in a -wal is
+            # not shown.
+            uri += "&immutable=1"
+        conn, version, tables = self._connect(uri, uri=True)
+        if version != SCHEMA_VERSION or not {"entries", "meta"} <= tables:
+            raise _Corrupt(f"not a danemilter cache (version {version}, tables "
+                           f"{sorted(tables)})")
         self._inode = os.stat(self.path).st_ino
         return conn
 
@@ -186,6 +236,9 @@ class SQLiteBackend:
         self.moved_aside.append(target)
 
     def _recover(self, exc: BaseException) -> None:
+        if self.read_only:
+            self._give_up(exc)
+            return
         self.recoveries += 1
         log.error("cache file %s is corrupt (%s)", self.path, exc)
         if self._conn is not None:
@@ -337,6 +390,8 @@ class SQLiteBackend:
         if self._fallback is None:
             with contextlib.suppress(OSError):
                 result["file_bytes"] = self.path.stat().st_size
+        else:
+            result["fallback_bytes"] = self._fallback.bytes
         return result
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from danemilter.cache.backend import CacheBackend, read_fresh
+from danemilter.cache.backend import CacheBackend, read_fresh, written_ahead
 from danemilter.cache.codec import CodecError, decode, encode
 from danemilter.cache.lifetime import is_transient, lifetime
 from danemilter.cache.lru import ExpiringLru
@@ -97,6 +97,9 @@ class StatusCache:
             self.corrupt += 1
             log.warning("dropping a corrupt cache entry for %s: %s", domain, exc)
             self.backend.delete(key)
+            return None
+        if written_ahead(decoded.stored_at, now):
+            log.debug("cached status of %s was stored in the future: stale", domain)
             return None
         return CachedStatus(decoded.status, min(decoded.stored_at, now), expires_at), len(value)
 

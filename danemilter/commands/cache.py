@@ -17,6 +17,7 @@ from typing import Any
 
 from danemilter.cache import (
     BackendName,
+    CacheBackend,
     RedisBackend,
     SQLiteBackend,
     StatusCache,
@@ -54,17 +55,24 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     stats.set_defaults(handler=_stats)
 
 
-def _open(args: argparse.Namespace) -> StatusCache:
+def _open(args: argparse.Namespace, *, inspect: bool = False) -> StatusCache:
+    """The configured cache; ``inspect``: for reading only (show, stats), a SQLite file
+    is opened read-only and never repaired, so looking changes nothing."""
     settings = load(chosen_path(args.config)).cache
     if settings.backend == BackendName.MEMORY:
         raise UsageError("cache: the memory backend lives inside the milter process; "
                          "there is nothing to inspect from here")
     if settings.backend == BackendName.SQLITE and not Path(settings.path).is_file():
         raise DanemilterError(f"cache: no cache file at {settings.path}")
-    backend = open_backend(settings)
+    if inspect and settings.backend == BackendName.SQLITE:
+        backend: CacheBackend = SQLiteBackend(settings.path, settings.max_entries,
+                                              read_only=True)
+    else:
+        backend = open_backend(settings)
     if isinstance(backend, SQLiteBackend) and backend.fallback:
         backend.close()
-        raise DanemilterError(f"cache: cannot use the cache file {settings.path} (see the log)")
+        why = f": {backend.problem}" if backend.problem else " (see the log)"
+        raise DanemilterError(f"cache: cannot use the cache file {settings.path}{why}")
     if isinstance(backend, RedisBackend) and not backend.ping():
         backend.close()
         raise DanemilterError(f"cache: redis at {backend.url} is unreachable")
@@ -77,7 +85,7 @@ def _iso(when: float) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     domain = normalize_domain(args.domain)
-    cache = _open(args)
+    cache = _open(args, inspect=True)
     try:
         now = time.time()
         entry = cache.lookup(domain, now)
@@ -144,7 +152,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    cache = _open(args)
+    cache = _open(args, inspect=True)
     try:
         backend = cache.backend.stats()
     finally:
