@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import sys
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     fetch.add_argument("--issuer", required=True, metavar="FILE")
     fetch.add_argument("--out", required=True, metavar="FILE", type=Path,
                        help="the DER staple file the MTA serves (Exim tls_ocsp_file)")
-    fetch.add_argument("--url", help="responder URL (default: the certificate's AIA)")
+    fetch.add_argument("--url", type=_url,
+                       help="responder URL (default: the certificate's AIA)")
     fetch.add_argument("--min-remaining", metavar="DURATION", type=parse_duration,
                        default=timedelta(hours=2),
                        help="refuse responses with less life left; renew a staple with "
@@ -129,6 +131,17 @@ def _unix_time(text: str) -> datetime:
         return datetime.fromtimestamp(value, UTC)
     except (ValueError, OverflowError, OSError) as exc:
         raise UsageError(f"--at: not a UNIX time: {text!r}") from exc
+
+
+def _url(text: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # a bad port raises only when asked for
+    except ValueError as exc:
+        raise UsageError(f"--url: not a URL: {text!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise UsageError(f"--url: not an http(s) URL with a host: {text!r}")
+    return text
 
 
 def _seconds(text: str) -> float:

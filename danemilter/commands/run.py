@@ -24,8 +24,15 @@ from danemilter.config import (
     chosen_path,
     load,
 )
-from danemilter.errors import ConfigError, DanemilterError, ListenError
-from danemilter.milter.listen import ListenSpec, claim_unix_path, open_listener, unix_socket_owner
+from danemilter.errors import ConfigError, DanemilterError
+from danemilter.milter.listen import (
+    ListenSpec,
+    claim_unix_path,
+    open_listener,
+    refuse_systemd_for_libmilter,
+    socket_gid,
+    unix_socket_owner,
+)
 from danemilter.milter.server import MilterServer
 from danemilter.milter.session import Runtime, RuntimeRef
 from danemilter.service import LoopThread, Service
@@ -102,7 +109,10 @@ def _run(args: argparse.Namespace) -> int:
         sock = None
         listen = ListenSpec.parse(settings.listen)
         if listen.kind == "systemd":
-            raise ListenError("listen: systemd needs transport: asyncio")
+            refuse_systemd_for_libmilter()
+        # libmilter sets no group itself: one that does not exist is refused here, as
+        # the asyncio transport refuses it, not logged once the socket is served.
+        socket_gid(settings.socket_group)
         if listen.path is not None:
             claim_unix_path(listen.path)
     listener = _log_through_a_queue()

@@ -127,13 +127,37 @@ def open_listener(spec: str, mode: int | None = None, group: str | None = None
     return sock
 
 
+def socket_gid(group: str | None) -> int | None:
+    """The group id of ``socket_group`` (None: leave the group alone)."""
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ListenError(f"socket_group {group!r} does not exist") from None
+
+
+def refuse_systemd_for_libmilter() -> None:
+    """``transport: libmilter`` with ``listen: systemd``: always a ListenError, saying why.
+
+    libmilter binds its own socket and cannot take one passed by systemd; a TCP socket
+    would moreover expose it to every peer that can connect (docs/security.md), so the
+    reason names the socket systemd passed.
+    """
+    passed = _systemd_socket()  # systemd passed none: that is the line
+    family = passed.family
+    with contextlib.suppress(OSError):
+        passed.detach()  # fd 3 stays systemd's
+    if family != socket.AF_UNIX:
+        raise ListenError("listen: systemd passed a TCP socket: transport: libmilter must "
+                          "only be reachable through a unix socket (libmilter trusts its "
+                          "peer; see docs/security.md)")
+    raise ListenError("listen: systemd needs transport: asyncio (libmilter binds its own "
+                      "socket: give it listen: unix:/PATH)")
+
+
 def _unix_socket(path: Path, mode: int | None, group: str | None) -> socket.socket:
-    gid = None
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ListenError(f"socket_group {group!r} does not exist") from None
+    gid = socket_gid(group)
     claim_unix_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # The mode is set through the umask so the socket never exists with a wider one.
