@@ -11,6 +11,8 @@ policy cannot be bypassed by writing an address the MTA rewrites afterwards.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +86,14 @@ class Destination:
     reason: str = ""
 
 
+_SIMPLE_ADDRESS = re.compile(r"[A-Za-z0-9.+_=-]+@([A-Za-z0-9._-]+)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized_ascii(name: str) -> str:
+    return normalize_domain(name, underscore=True)
+
+
 def _tokens(text: str) -> list[str]:
     tokens: list[str] = []
     run: list[str] = []
@@ -147,6 +157,20 @@ def delivery_destination(address: str, is_local: Callable[[str], bool]) -> Desti
     text = address.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
+    simple = _SIMPLE_ADDRESS.fullmatch(text)
+    if simple is not None:
+        # Nearly every recipient: a plain local part (no operator, quote or escape)
+        # and an ASCII domain, which no rewriting below would change.
+        try:
+            domain = _normalized_ascii(simple.group(1))
+        except InputError:
+            return Destination(None, reason="its domain is not a valid DNS name")
+        return Destination(None, local=True) if is_local(domain) else Destination(domain)
+    return rewrite(text, is_local)
+
+
+def rewrite(text: str, is_local: Callable[[str], bool]) -> Destination:
+    """:func:`delivery_destination` for any address text, rewriting it step by step."""
     # A source route (<@a,@b:user@d>) is obsolete and ignored (RFC 5321 §4.1.1.3,
     # Postfix strips it): the address is after the colon.
     if text.startswith("@") and ":" in text:

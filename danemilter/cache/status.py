@@ -67,6 +67,18 @@ class StatusCache:
         entry = self._front.get(domain, now)
         return None if entry is None else entry.status
 
+    def peek_settled(self, domain: str, now: float) -> DomainStatus | None:
+        """:meth:`peek`, but None also when the entry is due for a refresh ahead of its
+        expiry (the warm RCPT path: one LRU access, the transient check only when due)."""
+        entry = self._front.get(domain, now)
+        if entry is None:
+            return None
+        ahead = self.settings.refresh_ahead
+        if (ahead > 0 and entry.remaining(now) <= ahead * entry.lifetime
+                and not is_transient(entry.status)):
+            return None
+        return entry.status
+
     # --- through to the backend -------------------------------------------------
 
     def lookup(self, domain: str, now: float) -> CachedStatus | None:

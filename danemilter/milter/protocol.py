@@ -190,7 +190,7 @@ def _strings(data: bytes, what: str, count: int | None = None, minimum: int = 1)
         raise ProtocolError(f"{what}: {len(parts)} strings where {count} belong")
     if len(parts) < minimum:
         raise ProtocolError(f"{what}: too few strings")
-    return [_text(part) for part in parts]
+    return [part.decode("utf-8", "surrogateescape") for part in parts]  # _text, inlined
 
 
 def _empty(cls: type[Data | EndOfHeaders | EndOfMessage | Abort | Quit | QuitNewConnection],
@@ -367,47 +367,53 @@ class Sequencer:
         self._phase = _Phase.NEGOTIATE
 
     def check(self, command: Command) -> None:
+        # A table lookup per command, not a chain of isinstance tests: this runs for
+        # every packet of every message.
+        allowed, after, message = _ORDER[type(command)]
         phase = self._phase
-        if isinstance(command, Macros | Unknown):
+        if phase not in allowed:
+            name = type(command).__name__
             if phase is _Phase.NEGOTIATE:
-                raise ProtocolError(f"{type(command).__name__} before option negotiation")
-            return
-        if isinstance(command, OptionNegotiation):
-            if phase is not _Phase.NEGOTIATE:
-                raise ProtocolError("option negotiation repeated")
-            self._phase = _Phase.CONNECT
-            return
-        if isinstance(command, Quit):
-            return
-        if phase is _Phase.NEGOTIATE:
-            raise ProtocolError(f"{type(command).__name__} before option negotiation")
-        if isinstance(command, QuitNewConnection):
-            self._phase = _Phase.CONNECT
-        elif isinstance(command, Connect):
-            if phase is not _Phase.CONNECT:
-                raise ProtocolError("connect within a session")
-            self._phase = _Phase.SESSION
-        elif isinstance(command, Helo):
-            if phase > _Phase.SESSION:
-                raise ProtocolError("HELO within a transaction")
-            self._phase = _Phase.SESSION
-        elif isinstance(command, Mail):
-            if phase > _Phase.SESSION:
-                raise ProtocolError("MAIL within a transaction")
-            self._phase = _Phase.MAIL
-        elif isinstance(command, Rcpt):
-            if phase is not _Phase.MAIL:
-                raise ProtocolError("RCPT outside a transaction or after its content")
-        elif isinstance(command, Data | Header | EndOfHeaders | Body):
-            if phase < _Phase.MAIL:
-                raise ProtocolError(f"{type(command).__name__} outside a transaction")
-            self._phase = _Phase.CONTENT
-        elif isinstance(command, EndOfMessage):
-            if phase < _Phase.MAIL:
-                raise ProtocolError("end of message outside a transaction")
-            self._phase = _Phase.SESSION
-        elif isinstance(command, Abort):
-            self._phase = min(phase, _Phase.SESSION) if phase > _Phase.CONNECT else phase
+                raise ProtocolError(f"{name} before option negotiation")
+            raise ProtocolError(message.format(name=name))
+        self._phase = after[phase]
+
+
+_P = _Phase
+_ANY = frozenset(_Phase)
+_NEGOTIATED = _ANY - {_P.NEGOTIATE}
+_SAME = tuple(_Phase)  # after[phase] is phase: the command changes nothing
+
+
+def _to(phase: _Phase) -> tuple[_Phase, ...]:
+    return tuple(phase for _ in _Phase)
+
+
+_CONTENT_RULE = (frozenset({_P.MAIL, _P.CONTENT}), _to(_P.CONTENT),
+                 "{name} outside a transaction")
+# Per command: the phases it may arrive in, the phase after it (indexed by the phase
+# before), and the complaint when it arrives elsewhere.
+_ORDER: dict[type, tuple[frozenset[_Phase], tuple[_Phase, ...], str]] = {
+    Macros: (_NEGOTIATED, _SAME, ""),
+    Unknown: (_NEGOTIATED, _SAME, ""),
+    OptionNegotiation: (frozenset({_P.NEGOTIATE}), _to(_P.CONNECT),
+                        "option negotiation repeated"),
+    Quit: (_ANY, _SAME, ""),
+    QuitNewConnection: (_NEGOTIATED, _to(_P.CONNECT), ""),
+    Connect: (frozenset({_P.CONNECT}), _to(_P.SESSION), "connect within a session"),
+    Helo: (frozenset({_P.CONNECT, _P.SESSION}), _to(_P.SESSION),
+           "HELO within a transaction"),
+    Mail: (frozenset({_P.CONNECT, _P.SESSION}), _to(_P.MAIL), "MAIL within a transaction"),
+    Rcpt: (frozenset({_P.MAIL}), _SAME, "RCPT outside a transaction or after its content"),
+    Data: _CONTENT_RULE,
+    Header: _CONTENT_RULE,
+    EndOfHeaders: _CONTENT_RULE,
+    Body: _CONTENT_RULE,
+    EndOfMessage: (frozenset({_P.MAIL, _P.CONTENT}), _to(_P.SESSION),
+                   "end of message outside a transaction"),
+    # An abort ends the transaction, not the session (nor a session not yet begun).
+    Abort: (_NEGOTIATED, (_P.NEGOTIATE, _P.CONNECT, _P.SESSION, _P.SESSION, _P.SESSION), ""),
+}
 
 
 # --- responses (milter → MTA) ---------------------------------------------------

@@ -41,16 +41,18 @@ MACROS: dict[p.MacroStage, tuple[str, ...]] = {
     p.MacroStage.ENVRCPT: ("i",),
     p.MacroStage.EOM: ("i",),
 }
-_NO_REPLY = {
-    p.Connect: p.Step.NR_CONN,
-    p.Helo: p.Step.NR_HELO,
-    p.Mail: p.Step.NR_MAIL,
-    p.Data: p.Step.NR_DATA,
-    p.Header: p.Step.NR_HDR,
-    p.EndOfHeaders: p.Step.NR_EOH,
-    p.Body: p.Step.NR_BODY,
-    p.Unknown: p.Step.NR_UNKN,
+# As plain ints: an IntFlag operation costs an enum construction on every packet.
+_NO_REPLY: dict[type, int] = {
+    p.Connect: int(p.Step.NR_CONN),
+    p.Helo: int(p.Step.NR_HELO),
+    p.Mail: int(p.Step.NR_MAIL),
+    p.Data: int(p.Step.NR_DATA),
+    p.Header: int(p.Step.NR_HDR),
+    p.EndOfHeaders: int(p.Step.NR_EOH),
+    p.Body: int(p.Step.NR_BODY),
+    p.Unknown: int(p.Step.NR_UNKN),
 }
+_NR_HDR, _NR_MAIL, _NR_CONN = _NO_REPLY[p.Header], _NO_REPLY[p.Mail], _NO_REPLY[p.Connect]
 _READ_QUEUE_LIMIT = 64  # commands held while a RCPT decision is pending
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -108,7 +110,7 @@ class MilterConnection(asyncio.Protocol):
         self._decoder = p.Decoder(limits.max_packet)
         self._sequencer = p.Sequencer()
         self._session = Session(ref)
-        self._steps = p.Step(0)
+        self._steps = 0  # the agreed SMFIP_* bits
         self._idle_timeout = limits.idle_timeout
         self._transport: asyncio.Transport | None = None
         self._sock: Any = None
@@ -195,22 +197,23 @@ class MilterConnection(asyncio.Protocol):
             self._rcpt(command)  # type: ignore[arg-type]
         elif kind is p.Header:
             self._session.header(command.name)  # type: ignore[union-attr]
-            self._answer_unless(p.Step.NR_HDR)
+            self._answer_unless(_NR_HDR)
         elif kind is p.EndOfMessage:
             self._session.note_queue_id(self._eom_queue_id)
             self._end_of_message(self._session.end_of_message())
         elif kind is p.Mail:
             self._session.mail(self._auth)
-            self._answer_unless(p.Step.NR_MAIL)
+            self._answer_unless(_NR_MAIL)
         elif kind is p.Abort:
             self._session.abort()
             self._rcpt_queue_id = self._eom_queue_id = None
         elif kind is p.Connect:
             family = command.family  # type: ignore[union-attr]
             self._session.connect(command.address if family in "46" else None)  # type: ignore[union-attr]
-            self._answer_unless(p.Step.NR_CONN)
+            self._answer_unless(_NR_CONN)
         elif kind is p.OptionNegotiation:
-            reply, self._steps = negotiation(command)  # type: ignore[arg-type]
+            reply, steps = negotiation(command)  # type: ignore[arg-type]
+            self._steps = int(steps)
             self._out.append(reply)
         elif kind is p.Quit:
             self._close()
@@ -222,7 +225,7 @@ class MilterConnection(asyncio.Protocol):
         else:  # HELO, DATA, end of headers, body, unknown: nothing to decide
             self._answer_unless(_NO_REPLY[kind])
 
-    def _answer_unless(self, no_reply: p.Step) -> None:
+    def _answer_unless(self, no_reply: int) -> None:
         if not self._steps & no_reply:
             self._out.append(p.CONTINUE)
 

@@ -115,3 +115,24 @@ def test_domain_of_address_is_the_destination_without_local_domains() -> None:
     for address in ("<>", "<postmaster>", "<u@[192.0.2.1]>"):
         with pytest.raises(InputError):
             domain_of_address(address)
+
+
+def test_the_fast_path_for_plain_addresses_agrees_with_rewriting() -> None:
+    # Plain addresses skip the rewriting loop; on random ones both must say the same.
+    import random
+
+    from danemilter import names
+
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    local_chars = "abcXYZ019.+_=-"
+    domain_chars = "abcxyz019.-_"
+    locals_ = {"local.example", "sub.local.example"}
+    for _ in range(5000):
+        local = "".join(rng.choice(local_chars) for _ in range(rng.randint(1, 12)))
+        domain = rng.choice(["local.example", "Sub.Local.Example.", ""]) or "".join(
+            rng.choice(domain_chars) for _ in range(rng.randint(1, 20)))
+        address = f"<{local}@{domain}>"
+        assert names.delivery_destination(address, locals_.__contains__) == names.rewrite(
+            f"{local}@{domain}", locals_.__contains__), (seed, address)
