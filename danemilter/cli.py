@@ -10,7 +10,9 @@ from typing import NoReturn
 
 from danemilter import __version__
 from danemilter.commands import cache as cache_commands
+from danemilter.commands import check_resolver as check_resolver_commands
 from danemilter.commands import ocsp as ocsp_commands
+from danemilter.commands import policy_query as policy_query_commands
 from danemilter.commands import run as run_commands
 from danemilter.commands import tlsa as tlsa_commands
 from danemilter.commands import verify as verify_commands
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     ocsp_commands.register(commands)
     verify_commands.register(commands)
     run_commands.register(commands)
+    policy_query_commands.register(commands)
+    check_resolver_commands.register(commands)
     cache_commands.register(commands)
     return parser
 

@@ -13,13 +13,28 @@ SMTP replies follow DESIGN.md "Milter behaviour" (RFC 3463 / RFC 7505 codes):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date
 from enum import StrEnum
+from typing import Protocol
 
-from danemilter.config.model import DaneMode, ErrorAction, FailAction, OcspMode, ProbeMode, Rule
+from danemilter.config.model import (
+    DaneMode,
+    ErrorAction,
+    FailAction,
+    OcspMode,
+    Policy,
+    ProbeMode,
+    ProbeSettings,
+    Rule,
+    Settings,
+    TlsRequirement,
+)
+from danemilter.deadline import Deadline
 from danemilter.judge import OcspState
-from danemilter.probe_result import OcspRequest, ProbeResult
-from danemilter.status import DomainState, DomainStatus
+from danemilter.mtasts import StsState, StsStatus
+from danemilter.probe_result import DomainProbe, OcspRequest, ProbeResult
+from danemilter.status import DomainState, DomainStatus, HostState
 
 
 class Action(StrEnum):
@@ -46,20 +61,48 @@ class Decision:
     ocsp: str
     reply: Reply | None
     reason: str
+    # The MTA-STS state, when the rule needed it (a domain DANE does not decide).
+    sts: str | None = None
 
     @property
     def refuses_recipient(self) -> bool:
         return self.action in (Action.DEFER, Action.REJECT)
 
     def header_value(self) -> str:
+        sts = "" if self.sts is None else f"; sts={self.sts}"
         return (f"{self.domain}; status={self.status}; usage={self.usage}; "
-                f"ocsp={self.ocsp}; action={self.action}")
+                f"ocsp={self.ocsp}{sts}; action={self.action}")
 
 
 _LACKING = frozenset({DomainState.NONE, DomainState.PARTIAL, DomainState.UNUSABLE_TLSA})
 # Worst first: the header shows the worst staple any probed address presented.
 _OCSP_SEVERITY = (OcspState.REVOKED, OcspState.INVALID, OcspState.STALE, OcspState.ABSENT,
                   OcspState.GOOD, OcspState.NOT_REQUESTED)
+
+
+_NEVER_EXEMPT = frozenset({DomainState.NXDOMAIN.value, DomainState.NULLMX.value})
+
+
+def exempt(decision: Decision, policy: Policy, today: date) -> tuple[Decision, str | None]:
+    """A refusal turned into a tag while a ``policy.exceptions`` entry for the domain
+    is in force, and what to log about it (None: nothing to say).
+
+    A domain that cannot receive mail at all (null MX, nonexistent) is never exempted:
+    there is nothing to wait for. An expired entry changes nothing and says so.
+    """
+    if decision.action in (Action.ACCEPT, Action.TAG) or decision.status in _NEVER_EXEMPT:
+        return decision, None
+    found = policy.exemption_for(decision.domain)
+    if found is None:
+        return decision, None
+    key, exemption = found
+    if not exemption.active(today):
+        return decision, (f"policy.exceptions entry {key} expired on {exemption.until}: "
+                          f"not applied to {decision.domain}")
+    why = f"exempted by policy.exceptions {key} until {exemption.until} ({exemption.reason})"
+    return (replace(decision, action=Action.TAG, reply=None,
+                    reason=f"{why}: {decision.reason}"),
+            f"{decision.domain}: would {decision.action}, {why}")
 
 
 def ocsp_summary(probes: Sequence[ProbeResult]) -> str | None:
@@ -87,6 +130,46 @@ def wants_probe(status: DomainStatus, rule: Rule) -> bool:
     if status.status in (DomainState.DANE, DomainState.PARTIAL):
         return True
     return rule.ocsp is not OcspMode.OFF
+
+
+_STS_UNNEEDED = frozenset({DomainState.DANE, DomainState.DANE_MISMATCH, DomainState.NXDOMAIN,
+                           DomainState.NULLMX, DomainState.TEMPFAIL,
+                           DomainState.RESOLVER_NOT_VALIDATING})
+
+
+def wants_sts(status: DomainStatus, rule: Rule) -> bool:
+    """Whether the decision needs the domain's MTA-STS side: the rule requires
+    authenticated TLS and DANE has not decided (RFC 8461 §2: DANE first)."""
+    return rule.tls is TlsRequirement.AUTHENTICATED and status.status not in _STS_UNNEEDED
+
+
+class Lookups(Protocol):
+    """The lookups a decision needs (danemilter.service.Service provides them)."""
+
+    async def status(self, domain: str, deadline: Deadline) -> DomainStatus: ...
+
+    async def probe(self, status: DomainStatus, rule: Rule, settings: ProbeSettings,
+                    deadline: Deadline) -> DomainProbe | None: ...
+
+    async def sts(self, domain: str, deadline: Deadline) -> StsStatus: ...
+
+
+async def decide_domain(lookups: Lookups, domain: str, rule: Rule, settings: Settings,
+                        deadline: Deadline
+                        ) -> tuple[Decision, DomainStatus, StsStatus | None]:
+    """The one decision path for a recipient domain, whichever front end asks (the
+    milter's RCPT, Exim's line on the policy socket): its status, then probes where they
+    can change the verdict, then MTA-STS where DANE does not decide (RFC 8461 §2), all
+    under one ``deadline``. Returns the status and MTA-STS side it was made from."""
+    status = await lookups.status(domain, deadline)
+    probes = None
+    if wants_probe(status, rule):
+        probe = await lookups.probe(status, rule, settings.probe, deadline)
+        if probe is not None:
+            status = probe.status
+            probes = [result for host in probe.probes for result in host]
+    sts = await lookups.sts(domain, deadline) if wants_sts(status, rule) else None
+    return decide(status, rule, settings.on_error, probes, sts), status, sts
 
 
 def _ocsp_state(rule: Rule, status: DomainStatus, probes: Sequence[ProbeResult] | None) -> str:
@@ -121,8 +204,24 @@ def _ocsp_problem(rule: Rule, probes: Sequence[ProbeResult] | None) -> tuple[boo
     return None
 
 
+def _sts_problem(status: DomainStatus, sts: StsStatus | None) -> tuple[bool, str] | None:
+    """(transient?, why) when MTA-STS does not give a domain without DANE authenticated
+    TLS: no enforce-mode policy (§5: ``testing`` never refuses, so never satisfies
+    either), or no MX host that DANE does not cover matching the policy (§4.1)."""
+    if sts is None or sts.state is StsState.TEMPFAIL:
+        return True, sts.reason if sts is not None else "MTA-STS not looked up"
+    if not sts.enforced or sts.policy is None:
+        return False, f"no usable DANE records (status {status.status}) and MTA-STS is {sts.state}"
+    others = [h for h in status.hosts if h.deliverable and h.tlsa_state is not HostState.DANE]
+    if others and not any(sts.policy.matches(h.name) for h in others):
+        return False, (f"no MX host matches the MTA-STS policy "
+                       f"(mx: {', '.join(sts.policy.mx)})")
+    return None
+
+
 def decide(status: DomainStatus, rule: Rule, on_error: ErrorAction,
-           probes: Sequence[ProbeResult] | None = None) -> Decision:
+           probes: Sequence[ProbeResult] | None = None,
+           sts: StsStatus | None = None) -> Decision:
     """The verdict for one recipient of ``status.domain`` under ``rule``.
 
     ``probes``: TLS probe results for the domain's MX addresses, when the rule uses them
@@ -135,7 +234,18 @@ def decide(status: DomainStatus, rule: Rule, on_error: ErrorAction,
     def make(action: Action, reply: Reply | None, reason: str) -> Decision:
         if reply is not None and rule.reply is not None:
             reply = Reply(reply.code, reply.xcode, rule.reply)
-        return Decision(domain, action, str(status.status), status.usage, ocsp, reply, reason)
+        return Decision(domain, action, str(status.status), status.usage, ocsp, reply, reason,
+                        None if sts is None else str(sts.state))
+
+    def lookup_failed() -> Decision:
+        if on_error is ErrorAction.ACCEPT:
+            return make(Action.ACCEPT, None, status.reason)
+        if not status.hosts:
+            reply = Reply(451, "4.4.3", f"DNS lookup for {domain} failed, try again later")
+        else:
+            reply = Reply(450, "4.7.5", f"DNSSEC lookup of the MX hosts of {domain} "
+                          "failed, try again later")
+        return make(Action.DEFER, reply, status.reason)
 
     def fail(soft: Reply, reason: str) -> Decision:
         if rule.on_fail is FailAction.DEFER:
@@ -148,12 +258,25 @@ def decide(status: DomainStatus, rule: Rule, on_error: ErrorAction,
         return make(Action.TAG, None, reason)
 
     state = status.status
-    if state is DomainState.NXDOMAIN:
+    if state in (DomainState.NXDOMAIN, DomainState.NULLMX):
+        if not rule.refuses_undeliverable:
+            return make(Action.TAG, None, status.reason)
+        if state is DomainState.NULLMX:
+            return make(Action.REJECT, Reply(556, "5.1.10", f"Recipient domain {domain} does "
+                                             "not accept mail (null MX)"), status.reason)
+        if not status.mx_secure:
+            # A forged NXDOMAIN must not bounce mail: only a DNSSEC-proven one is final
+            # (Postfix's unknown_address_reject_code is 450 by default, too).
+            return make(Action.DEFER, Reply(450, "4.1.2", f"Recipient domain {domain} not "
+                                            "found (not DNSSEC-proven), try again later"),
+                        status.reason)
         return make(Action.REJECT, Reply(550, "5.1.2", f"Recipient domain {domain} does not "
                                          "exist"), status.reason)
-    if state is DomainState.NULLMX:
-        return make(Action.REJECT, Reply(556, "5.1.10", f"Recipient domain {domain} does not "
-                                         "accept mail (null MX)"), status.reason)
+
+    if state is DomainState.RESOLVER_NOT_VALIDATING:
+        # Tagged, never refused: the resolver's fault is not the domain's, and a
+        # degraded daemon must not turn it into deferrals (resolver_check: degrade).
+        return make(Action.TAG, None, status.reason)
 
     if state is DomainState.DANE_MISMATCH:
         # Under "try" too: published usable TLSA records make authenticated TLS
@@ -163,19 +286,26 @@ def decide(status: DomainStatus, rule: Rule, on_error: ErrorAction,
 
     if rule.dane is DaneMode.REQUIRE and state is not DomainState.DANE:
         if state is DomainState.TEMPFAIL:
-            if on_error is ErrorAction.ACCEPT:
-                return make(Action.ACCEPT, None, status.reason)
-            if not status.hosts:
-                reply = Reply(451, "4.4.3", f"DNS lookup for {domain} failed, try again later")
-            else:
-                reply = Reply(450, "4.7.5", f"DNSSEC lookup of the MX hosts of {domain} "
-                              "failed, try again later")
-            return make(Action.DEFER, reply, status.reason)
+            return lookup_failed()
         if state in _LACKING:
             return fail(Reply(450, "4.7.4", f"Recipient domain {domain} cannot be reached "
                               f"with DANE (status {state}) and policy requires it"),
                         status.reason)
         raise AssertionError(f"unhandled domain state {state}")  # pragma: no cover
+
+    if rule.tls is TlsRequirement.AUTHENTICATED and state is not DomainState.DANE:
+        if state is DomainState.TEMPFAIL:
+            return lookup_failed()
+        sts_problem = _sts_problem(status, sts)
+        if sts_problem is not None:
+            transient, why = sts_problem
+            if not transient:
+                return fail(Reply(450, "4.7.4", f"Recipient domain {domain} cannot be "
+                                  f"reached with authenticated TLS: {why}"), why)
+            if on_error is ErrorAction.ACCEPT:
+                return make(Action.ACCEPT, None, why)
+            return make(Action.DEFER, Reply(450, "4.7.5", f"MTA-STS policy of {domain} "
+                                            "could not be fetched, try again later"), why)
 
     problem = _ocsp_problem(rule, probes)
     if problem is not None:

@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -26,16 +27,28 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from danemilter.cache import ProbeCache, StatusCache, open_cache
+from danemilter.cache.sts import StsCache
 from danemilter.cached import CachedEvaluator
 from danemilter.coalesce import Coalescer
-from danemilter.config.model import CacheSettings, ProbeMode, ProbeSettings, ResolverSettings, Rule
+from danemilter.config.model import (
+    CacheSettings,
+    MtaStsSettings,
+    ProbeMode,
+    ProbeSettings,
+    ResolverSettings,
+    Rule,
+    Settings,
+)
 from danemilter.dane import DomainEvaluator
 from danemilter.deadline import Deadline
-from danemilter.policy import staple_request
+from danemilter.metrics import METRICS
+from danemilter.mtasts import CachedPolicy, StsState, StsStatus, needs_fetch, without_fetch
+from danemilter.mtasts_fetch import Discovery, discover, fetch_policy, tls_context
+from danemilter.policy import Decision, decide_domain, staple_request
 from danemilter.probe import probe_domains, probe_within
 from danemilter.probe_result import DomainProbe, OcspRequest
 from danemilter.resolver import Resolver
-from danemilter.status import DomainStatus
+from danemilter.status import DomainStatus, not_validating
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +59,105 @@ MIN_PROBE_BUDGET = 0.2
 # Probes end this long before the recipient's deadline, so that their results (partial
 # ones included) are judged and stored before the waiting recipient gives up.
 PROBE_MARGIN = 0.05
+# How long a domain's MTA-STS verdict is reused before its TXT record is asked again.
+_STS_VERDICT_LIFETIME = 300.0
+_STS_RETRY = 30.0
 
 
 class Service:
-    def __init__(self, resolver: ResolverSettings, cache: CacheSettings) -> None:
+    def __init__(self, resolver: ResolverSettings, cache: CacheSettings,
+                 mta_sts: MtaStsSettings | None = None) -> None:
         self.cache: StatusCache = open_cache(cache)
         self.inflight = Coalescer()
-        self.evaluator = CachedEvaluator(DomainEvaluator(Resolver(resolver)), self.cache,
+        self.resolver = Resolver(resolver)
+        self.evaluator = CachedEvaluator(DomainEvaluator(self.resolver), self.cache,
                                          coalescer=self.inflight)
         self.probe_cache = ProbeCache(self.cache.backend, cache)
+        self.sts_settings = mta_sts or MtaStsSettings()
+        self.sts_cache = StsCache(self.cache.backend, cache.lru_entries)
+        self._sts_tls: ssl.SSLContext | None = None
+        # Set while the resolver fails its self-check under resolver_check: degrade
+        # (why, in one line); every status is then resolver-not-validating.
+        self.degraded: str | None = None
+        self.probe_hits = 0
+        self.probe_misses = 0
 
     def cached_status(self, domain: str) -> DomainStatus | None:
-        now = time.time()
-        status = self.cache.peek(domain, now)
-        if status is None or self.cache.needs_refresh(domain, now):
-            return None  # the evaluator renews it in the background
-        return status
+        if self.degraded is not None:
+            return not_validating(domain, self.degraded)
+        # None when due for a refresh too: the evaluator then renews it in the background.
+        return self.cache.peek_settled(domain, time.time())
 
     async def status(self, domain: str, deadline: Deadline, *, fresh: bool = False
                      ) -> DomainStatus:
         """``fresh``: evaluate even when the cache has an answer (and store the new one)."""
-        if fresh:
-            return await self.evaluator.evaluate_fresh(domain, deadline)
-        return await self.evaluator.evaluate(domain, deadline)
+        if self.degraded is not None:
+            return not_validating(domain, self.degraded)
+        started = time.monotonic()
+        try:
+            if fresh:
+                return await self.evaluator.evaluate_fresh(domain, deadline)
+            return await self.evaluator.evaluate(domain, deadline)
+        finally:
+            METRICS.lookup_seconds.observe(time.monotonic() - started)
+
+    async def decision(self, domain: str, rule: Rule, settings: Settings,
+                       deadline: Deadline) -> tuple[Decision, DomainStatus, StsStatus | None]:
+        """policy.decide_domain with this service's lookups (for front ends that hold a
+        Service, such as the policy socket)."""
+        return await decide_domain(self, domain, rule, settings, deadline)
+
+    def cached_sts(self, domain: str) -> StsStatus | None:
+        return self.sts_cache.verdict(domain, time.time())
+
+    async def sts(self, domain: str, deadline: Deadline) -> StsStatus:
+        """The domain's MTA-STS side (RFC 8461) by ``deadline``: asked only for domains
+        that DANE does not already decide (§2)."""
+        held = self.sts_cache.verdict(domain, time.time())
+        if held is not None:
+            return held
+        sts_deadline = deadline.sooner(self.sts_settings.timeout)
+        answer = await self.inflight.join(("sts", domain), sts_deadline,
+                                          lambda: self._sts(domain, sts_deadline))
+        if answer is None:
+            return StsStatus(domain, StsState.TEMPFAIL, None, None,
+                             "no MTA-STS verdict within the deadline")
+        return answer
+
+    async def _sts(self, domain: str, deadline: Deadline) -> StsStatus:
+        txt = await discover(self.resolver, domain, deadline)
+        try:
+            cached = await asyncio.to_thread(self.sts_cache.policy, domain, time.time())
+        except Exception:
+            log.exception("reading the cached MTA-STS policy of %s failed", domain)
+            cached = None
+        now = time.time()
+        if txt.discovery is Discovery.FOUND and needs_fetch(txt.id, cached, now):
+            if self._sts_tls is None:
+                self._sts_tls = tls_context(self.sts_settings.ca_file)
+            fetched = await fetch_policy(self.resolver, domain, deadline,
+                                         context=self._sts_tls, port=self.sts_settings.port)
+            if fetched.policy is not None and txt.id is not None:
+                fresh = CachedPolicy(fetched.policy, txt.id, time.time())
+                try:
+                    await asyncio.to_thread(self.sts_cache.store, domain, fresh)
+                except Exception:
+                    log.exception("storing the MTA-STS policy of %s failed", domain)
+                status = StsStatus.of(domain, fetched.policy, txt.id, fetched.reason)
+            else:
+                log.info("MTA-STS policy of %s not fetched: %s", domain, fetched.reason)
+                status = without_fetch(domain, False, fetched.reason, cached, now,
+                                       transient=fetched.transient)
+        elif txt.discovery is Discovery.FOUND and cached is not None:
+            status = StsStatus.of(domain, cached.policy, cached.id,
+                                  f"cached policy, TXT id {cached.id} unchanged")
+        else:
+            status = without_fetch(domain, txt.discovery is Discovery.ABSENT, txt.reason,
+                                   cached, now, transient=txt.discovery is Discovery.TEMPFAIL)
+        # A TXT id change must be seen soon; a failure is retried sooner still.
+        hold = _STS_RETRY if status.state is StsState.TEMPFAIL else _STS_VERDICT_LIFETIME
+        self.sts_cache.keep_verdict(status, time.time() + hold)
+        return status
 
     async def probe(self, status: DomainStatus, rule: Rule, settings: ProbeSettings,
                     deadline: Deadline) -> DomainProbe | None:
@@ -81,8 +170,12 @@ class Service:
         except Exception:
             log.exception("reading the cached probe of %s failed", status.domain)
             cached = None
-        if cached is not None or rule.probe is ProbeMode.CACHED:
+        if cached is not None:
+            self.probe_hits += 1
             return cached
+        self.probe_misses += 1
+        if rule.probe is ProbeMode.CACHED:
+            return None
         if deadline.remaining() < MIN_PROBE_BUDGET:
             log.info("no time left to probe %s (%.3f s)", status.domain, deadline.remaining())
             return None
@@ -91,11 +184,16 @@ class Service:
 
     async def _probe(self, status: DomainStatus, ocsp: OcspRequest, settings: ProbeSettings,
                      deadline: Deadline) -> DomainProbe:
+        started = time.monotonic()
         probe = await probe_within(status, deadline=deadline.earlier(PROBE_MARGIN),
                                    port=settings.port,
                                    timeout=settings.timeout, now=datetime.now(UTC),
                                    helo=settings.helo, allow_private=settings.allow_private,
                                    concurrency=settings.concurrency, ocsp=ocsp)
+        METRICS.probe_seconds.observe(time.monotonic() - started)
+        for host in probe.probes:
+            for result in host:
+                METRICS.probe_outcomes[str(result.dane)] += 1
         await self._store_probe(status, probe, settings, ocsp)
         return probe
 
@@ -148,7 +246,8 @@ class LoopThread:
     """A service on an event loop of its own, for callers in other threads (libmilter's
     worker threads): they block on :meth:`call` while the loop does the I/O."""
 
-    def __init__(self, resolver: ResolverSettings, cache: CacheSettings) -> None:
+    def __init__(self, resolver: ResolverSettings, cache: CacheSettings,
+                 mta_sts: MtaStsSettings | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="danemilter-loop",
                                         daemon=True)
@@ -157,7 +256,7 @@ class LoopThread:
         self._close_lock = threading.Lock()
 
         async def make() -> Service:
-            return Service(resolver, cache)
+            return Service(resolver, cache, mta_sts)
 
         self.service = self.call(make(), timeout=30)
 

@@ -25,6 +25,7 @@ from danemilter.cache import (
 )
 from danemilter.cache.codec import ProbeEntry
 from danemilter.cache.probes import ProbeCache, fingerprint, probe_key
+from danemilter.cache.sts import sts_key
 from danemilter.commands.verify import describe, probe_line
 from danemilter.config import DEFAULT_PATH, chosen_path, load
 from danemilter.errors import DanemilterError, UsageError
@@ -137,8 +138,10 @@ def _purge(args: argparse.Namespace) -> int:
     try:
         removed = cache.purge(domain)
         if domain is not None:
-            # The domain's probe results go with its status: they were judged against it.
+            # The domain's probe results go with its status: they were judged against it;
+            # its MTA-STS policy too (an operator purging a domain wants it asked anew).
             cache.backend.delete(probe_key(domain))
+            cache.backend.delete(sts_key(domain))
     finally:
         cache.close()
     if args.json:

@@ -7,24 +7,25 @@ import asyncio
 import grp
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
-from logging.handlers import QueueHandler, QueueListener
 from types import FrameType
 from typing import Any
 
 from danemilter.config import (
     DEFAULT_PATH,
     ConfigErrors,
+    ResolverCheckMode,
     Settings,
     Transport,
     chosen_path,
     load,
 )
-from danemilter.errors import ConfigError, DanemilterError
+from danemilter.errors import ConfigError, DanemilterError, ListenError, ResolverCheckFailed
+from danemilter.logwriter import BatchingWriter
+from danemilter.metrics import METRICS, MetricsServer
 from danemilter.milter.listen import (
     ListenSpec,
     claim_unix_path,
@@ -35,6 +36,9 @@ from danemilter.milter.listen import (
 )
 from danemilter.milter.server import MilterServer
 from danemilter.milter.session import Runtime, RuntimeRef
+from danemilter.policymap.server import PolicyServer
+from danemilter.resolver_check import ResolverCheck, ResolverMonitor, check_resolver
+from danemilter.sdnotify import Notifier, watchdog_interval
 from danemilter.service import LoopThread, Service
 
 log = logging.getLogger(__name__)
@@ -75,36 +79,20 @@ def _setup_logging(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
 
-def _log_through_a_queue() -> QueueListener:
-    """Milter threads only enqueue log records; one thread writes them.
-
-    With a handler writing to stderr directly, libmilter's callback threads queued on
-    the handler's lock behind whichever one was writing its line: measured (py-spy,
-    bench/throughput.py) as most of danemilter's cost per message at log_level info.
-    """
-    root = logging.getLogger()
-    writers = [h for h in root.handlers if not isinstance(h, QueueHandler)]
-    for handler in writers:
-        handler.setFormatter(logging.Formatter("danemilter: %(levelname)s %(message)s"))
-        root.removeHandler(handler)
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    root.addHandler(QueueHandler(records))
-    listener = QueueListener(records, *writers, respect_handler_level=True)
-    listener.start()
-    return listener
-
-
 def _run(args: argparse.Namespace) -> int:
     path = chosen_path(args.config)
     settings = load(path)
     _setup_logging(settings.log_level)
+    first_check = _startup_resolver_check(settings)
     # Signals wait until their handlers are in place: a SIGTERM that arrives as soon
     # as the socket exists must stop the daemon cleanly, not kill it.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     # Before anything starts: a socket another daemon serves, or one that cannot be
     # bound, is a one-line error (exit 2), never a takeover.
+    policy_sock = None
     if settings.transport is Transport.ASYNCIO:
         sock = open_listener(settings.listen, settings.socket_mode, settings.socket_group)
+        policy_sock = _open_policy_listener(settings, sock)
     else:
         sock = None
         listen = ListenSpec.parse(settings.listen)
@@ -115,13 +103,76 @@ def _run(args: argparse.Namespace) -> int:
         socket_gid(settings.socket_group)
         if listen.path is not None:
             claim_unix_path(listen.path)
-    listener = _log_through_a_queue()
+        # After the claim: a socket that cannot be had is the one line on stderr.
+        _no_policy_socket_under_libmilter(settings)
+    # Off unless configured; bound before READY=1, a bind failure is a one-line error.
+    metrics = MetricsServer(settings.metrics) if settings.metrics.listen else None
+    # The loop and libmilter's threads only append records; one thread writes them.
+    listener = BatchingWriter.install("danemilter: %(levelname)s %(message)s")
     try:
         if sock is not None:
-            return asyncio.run(_Daemon(path, settings).serve(sock))
-        return _serve_libmilter(path, settings)
+            return asyncio.run(_Daemon(path, settings, first_check).serve(sock, policy_sock))
+        return _serve_libmilter(path, settings, first_check)
     finally:
+        if metrics is not None:
+            metrics.close()
         listener.stop()  # writes what is still queued
+
+
+def _open_policy_listener(settings: Settings, milter: socket.socket) -> socket.socket | None:
+    listen = settings.policy_listen()
+    if listen is None:
+        return None
+    mode = settings.policy_socket_mode
+    group = settings.policy_socket_group
+    try:
+        return open_listener(listen, settings.socket_mode if mode is None else mode,
+                             settings.socket_group if group is None else group)
+    except ListenError as exc:
+        milter.close()
+        raise ListenError(f"policy_socket: {exc}") from None
+
+
+def _no_policy_socket_under_libmilter(settings: Settings) -> None:
+    # The policy socket shares the service's loop; libmilter's is a loop thread that a
+    # reload may replace, so only the asyncio transport serves it.
+    if settings.policy_socket is not None and settings.policy_listen() is not None:
+        raise ListenError("policy_socket needs transport: asyncio (or policy_socket: off)")
+    if settings.policy_listen() is not None:
+        log.info("no policy socket under transport: libmilter (it needs asyncio)")
+
+
+def _startup_resolver_check(settings: Settings) -> ResolverCheck | None:
+    """The self-check before anything listens: under ``refuse`` a failure is the one-line
+    error (exit 2) that stops the start; under ``degrade`` it is logged and run on."""
+    if settings.resolver_check.mode is ResolverCheckMode.OFF:
+        return None
+    result = asyncio.run(check_resolver(settings.resolver, settings.resolver_check))
+    if result.passed:
+        log.info("%s", result.line())
+    elif settings.resolver_check.mode is ResolverCheckMode.REFUSE:
+        raise ResolverCheckFailed(f"{result.line()}; not starting (resolver_check: refuse; "
+                                  "'degrade' runs without DANE, 'off' skips the check)")
+    return result
+
+
+def _apply_check(service: object, result: ResolverCheck | None,
+                 was: str | None = None) -> None:
+    """The check's outcome on the service: a failed check degrades it (every status
+    ``resolver-not-validating``); a passed one, or none (check off), ends that. ``was``:
+    whether the service before (a reload may build a new one) was degraded."""
+    assert isinstance(service, Service)
+    if result is not None:
+        METRICS.resolver_checked(result.state)
+    if result is None or result.passed:
+        service.degraded = None
+        if was is not None:
+            log.warning("%s; DANE verdicts again",
+                        result.line() if result else "resolver check off")
+        return
+    service.degraded = result.line()
+    log.error("%s; no domain can be dane until it validates (every verdict says "
+              "resolver-not-validating)", result.line())
 
 
 def _load_for_reload(path: str | None) -> Settings | None:
@@ -145,54 +196,131 @@ def _log_started(settings: Settings) -> None:
 class _Daemon:
     """``transport: asyncio``: the milter, the service and the reloads on one loop."""
 
-    def __init__(self, path: str | None, settings: Settings) -> None:
+    def __init__(self, path: str | None, settings: Settings,
+                 first_check: ResolverCheck | None = None) -> None:
         self.path = path
         self.settings = settings
         self.longest_deadline = settings.deadline
         self.retiring: set[asyncio.Task[None]] = set()
+        self.notifier = Notifier()
+        self.first_check = first_check
+        self.reloading = asyncio.Lock()
+        self.reloads: set[asyncio.Task[None]] = set()
 
-    async def serve(self, sock: socket.socket) -> int:
+    async def serve(self, sock: socket.socket, policy_sock: socket.socket | None = None
+                    ) -> int:
         loop = asyncio.get_running_loop()
-        service = Service(self.settings.resolver, self.settings.cache)
+        service = Service(self.settings.resolver, self.settings.cache, self.settings.mta_sts)
         ref = RuntimeRef(Runtime(self.settings, service))
+        self.ref = ref
+        METRICS.service = lambda: ref.get().service
+        _apply_check(service, self.first_check)
+        self.monitor = ResolverMonitor(self.settings.resolver, self.settings.resolver_check,
+                                       self._checked, self.first_check)
+        self.monitor.start()
         server = MilterServer(ref, self.settings.limits)
+        METRICS.connections = server.connections
         await server.start(sock)
+        policy = PolicyServer(ref, self.settings.limits)
+        if policy_sock is not None:
+            await policy.start(policy_sock)
+            log.info("policy socket listening on %s", self.settings.policy_listen())
         _log_started(self.settings)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload, ref)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup, ref)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        # Listening, and the resolver checked: systemd may start Postfix now.
+        self.notifier.ready(self._status_line())
+        watchdog = self._start_watchdog()
         try:
             await stop.wait()
         finally:
+            self.notifier.stopping()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            for task in [*self.reloads, *([watchdog] if watchdog else [])]:
+                task.cancel()
+            await self.monitor.aclose()
             await server.close()
+            await policy.close()
             for task in self.retiring:
                 task.cancel()
             await asyncio.gather(*self.retiring, return_exceptions=True)
             await ref.get().service.aclose()  # type: ignore[attr-defined]
+            self.notifier.close()
         log.info("stopped")
         return 0
 
-    def _reload(self, ref: RuntimeRef) -> None:
+    def _status_line(self) -> str:
+        check = self.monitor.last
+        resolver = check.line() if check is not None else "resolver check off"
+        return f"listening on {self.settings.listen}; {resolver}"
+
+    def _checked(self, result: ResolverCheck) -> None:
+        service = self.ref.get().service
+        _apply_check(service, result, getattr(service, "degraded", None))
+        self.notifier.status(self._status_line())
+
+    def _start_watchdog(self) -> asyncio.Task[None] | None:
+        interval = watchdog_interval(os.environ)
+        if interval is None or not self.notifier.enabled:
+            return None
+
+        async def ping() -> None:
+            # From the loop itself: a loop that stalls stops the pings, and systemd
+            # restarts the daemon (WatchdogSec in danemilter.service).
+            while True:
+                self.notifier.watchdog()
+                await asyncio.sleep(interval)
+
+        return asyncio.ensure_future(ping())
+
+    def _on_sighup(self, ref: RuntimeRef) -> None:
+        task = asyncio.ensure_future(self._reload(ref))
+        self.reloads.add(task)
+        task.add_done_callback(self.reloads.discard)
+
+    async def _reload(self, ref: RuntimeRef) -> None:
+        async with self.reloading:  # one reload at a time, in the order asked
+            self.notifier.reloading()
+            try:
+                await self._reload_now(ref)
+            except Exception:  # a reload must never end the daemon
+                log.exception("reload failed, keeping the current policy")
+            finally:
+                self.notifier.ready(self._status_line())
+
+    async def _reload_now(self, ref: RuntimeRef) -> None:
         settings = _load_for_reload(self.path)
         if settings is None:
             return
+        check = None
+        if settings.resolver_check.mode is not ResolverCheckMode.OFF:
+            check = await check_resolver(settings.resolver, settings.resolver_check)
+            if not check.passed and settings.resolver_check.mode is ResolverCheckMode.REFUSE:
+                log.error("reload failed, keeping the current policy: %s (resolver_check: "
+                          "refuse)", check.line())
+                return
         current = ref.get()
+        was = getattr(current.service, "degraded", None)
         if settings.listen != current.settings.listen or \
-                settings.transport != current.settings.transport:
-            log.warning("listen or transport changed: takes effect after a restart")
+                settings.transport != current.settings.transport or \
+                settings.policy_listen() != current.settings.policy_listen():
+            log.warning("listen, policy_socket or transport changed: takes effect after "
+                        "a restart")
         if settings.limits != current.settings.limits:
             log.warning("limits changed: they apply to connections after a restart")
         service = current.service
         if settings.resolver != current.settings.resolver or \
-                settings.cache != current.settings.cache:
+                settings.cache != current.settings.cache or \
+                settings.mta_sts != current.settings.mta_sts:
             old = current.service
-            service = Service(settings.resolver, settings.cache)
+            service = Service(settings.resolver, settings.cache, settings.mta_sts)
             assert isinstance(old, Service)
             old.retire()
+            METRICS.retire(old)
             task = asyncio.ensure_future(self._retire(old))
             self.retiring.add(task)
             task.add_done_callback(self.retiring.discard)
@@ -200,6 +328,8 @@ class _Daemon:
         ref.set(Runtime(settings, service))
         self.settings = settings
         _setup_logging(settings.log_level)
+        self.monitor.replace(settings.resolver, settings.resolver_check, check)
+        _apply_check(service, check, was)
         log.info("reloaded %s", settings.source)
 
     async def _retire(self, old: Service) -> None:
@@ -209,13 +339,16 @@ class _Daemon:
         log.info("closed the resolver and cache replaced by a reload")
 
 
-def _serve_libmilter(path: str | None, settings: Settings) -> int:
-    """``transport: libmilter``: libmilter's threads, the service on a loop thread."""
+def _serve_libmilter(path: str | None, settings: Settings,
+                     first_check: ResolverCheck | None = None) -> int:
+    """``transport: libmilter``: libmilter's threads, the service on a loop thread.
+    The resolver is checked at start-up only (the asyncio transport checks it again)."""
     import Milter  # noqa: PLC0415 - only this transport needs the C library
 
     from danemilter.milter.libmilter import DaneMilter  # noqa: PLC0415
 
-    engine = LoopThread(settings.resolver, settings.cache)
+    engine = LoopThread(settings.resolver, settings.cache, settings.mta_sts)
+    _apply_check(engine.service, first_check)
     ref = RuntimeRef(Runtime(settings, engine.service))
     DaneMilter.runtime_ref = ref
     DaneMilter.runner = engine.call
@@ -252,22 +385,31 @@ def _serve_libmilter(path: str | None, settings: Settings) -> int:
     # for itself; run it off the main thread so that Python's handlers see them.
     server = threading.Thread(target=serve, name="libmilter", daemon=True)
     server.start()
+    notifier = Notifier()
     if _wait_until_listening(settings, stop):
         _set_socket_group(settings)
         _log_started(settings)
+        notifier.ready(f"listening on {settings.listen}; "
+                       f"{first_check.line() if first_check else 'resolver check off'}")
+    # The watchdog pings come from this thread, which also serves the reloads.
+    ping_every = watchdog_interval(os.environ) if notifier.enabled else None
 
     retiring: list[tuple[threading.Timer, LoopThread]] = []
     longest_deadline = settings.deadline  # connections may still run under any earlier one
     while True:
-        stop.wait()
+        while not stop.wait(ping_every):
+            notifier.watchdog()
         if reload_requested.is_set() and server.is_alive():
             reload_requested.clear()
             stop.clear()
+            notifier.reloading()
             replacement = _reload_libmilter(path, ref, engine)
+            notifier.ready(f"listening on {ref.get().settings.listen}")
             longest_deadline = max(longest_deadline, ref.get().settings.deadline)
             # Engines already closed by their timers need not be kept for the exit.
             retiring = [(timer, old) for timer, old in retiring if timer.is_alive()]
             if replacement is not engine:
+                replacement.service.degraded = engine.service.degraded
                 engine.service.retire()
                 timer = threading.Timer(longest_deadline + _RETIRE_GRACE, _retire, (engine,))
                 timer.daemon = True
@@ -278,6 +420,7 @@ def _serve_libmilter(path: str | None, settings: Settings) -> int:
             continue
         break
 
+    notifier.stopping()
     if server.is_alive():
         Milter.stop()
         server.join(timeout=10)
@@ -334,8 +477,9 @@ def _reload_libmilter(path: str | None, ref: RuntimeRef, engine: LoopThread) -> 
         return engine
     if settings.listen != current.listen or settings.transport != current.transport:
         log.warning("listen or transport changed: takes effect after a restart")
-    if settings.resolver != current.resolver or settings.cache != current.cache:
-        engine = LoopThread(settings.resolver, settings.cache)
+    if (settings.resolver, settings.cache, settings.mta_sts) != (
+            current.resolver, current.cache, current.mta_sts):
+        engine = LoopThread(settings.resolver, settings.cache, settings.mta_sts)
     ref.set(Runtime(settings, engine.service))
     _setup_logging(settings.log_level)
     log.info("reloaded %s", settings.source)

@@ -24,13 +24,17 @@ from danemilter import config
 from danemilter.config.model import BackendName
 from danemilter.deadline import Deadline
 from danemilter.errors import DanemilterError, UsageError
+from danemilter.mtasts import StsStatus
 from danemilter.names import normalize_domain
+from danemilter.policy import wants_sts
 from danemilter.probe_result import DomainProbe, OcspRequest, ProbeResult
 from danemilter.resolver import ResolverSettings
+from danemilter.resolver_check import check_resolver
 from danemilter.service import Service
 from danemilter.status import DomainState, DomainStatus
 
 _DEFAULT_DEADLINE = 5.0
+_MAX_TIMEOUT = 3600.0  # every wait has a deadline: not inf, not nan
 _CONCURRENCY = 32
 
 # Monitoring plugin exit codes (OK, WARNING, CRITICAL); UNKNOWN (3) is for errors.
@@ -43,6 +47,7 @@ _NAGIOS_CODE = {
     DomainState.NULLMX: 2,
     DomainState.NXDOMAIN: 2,
     DomainState.DANE_MISMATCH: 2,
+    DomainState.RESOLVER_NOT_VALIDATING: 2,
 }
 _NAGIOS_WORD = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 
@@ -105,8 +110,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.timeout > 0:
-        raise UsageError("verify: --timeout must be positive")
+    if not 0 < args.timeout <= _MAX_TIMEOUT:
+        raise UsageError(f"verify: --timeout must be a number of seconds from 0 to "
+                         f"{_MAX_TIMEOUT:g}")
     if args.port is not None and not 0 < args.port < 65536:
         raise UsageError("verify: --port must be 1-65535")
     if args.concurrency is not None and args.concurrency < 1:
@@ -115,11 +121,12 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     resolver = _resolver_settings(args, settings)
     cache = _shared_cache(args, settings, resolver) or config.CacheSettings(backend="memory")
-    statuses, probed = asyncio.run(_ask_service(args, settings, resolver, cache, domains))
+    statuses, probed, sts = asyncio.run(_ask_service(args, settings, resolver, cache,
+                                                     domains))
     if probed is not None:
-        return _report_probes(args, probed)
+        return _report_probes(args, probed, sts)
     if args.json:
-        json.dump([s.to_json() for s in statuses], sys.stdout, indent=2)
+        json.dump([_with_sts(s.to_json(), sts) for s in statuses], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     if args.nagios:
@@ -128,8 +135,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"DANE {_NAGIOS_WORD[code]} - {summary}")
         return code
     for status in statuses:
-        sys.stdout.write(describe(status))
+        sys.stdout.write(describe(status) + _describe_sts(sts.get(status.domain)))
     return 0
+
+
+def _with_sts(document: dict[str, Any], sts: dict[str, StsStatus]) -> dict[str, Any]:
+    """The domain's MTA-STS side beside its DANE status (null where DANE decides)."""
+    found = sts.get(document["domain"])
+    document["sts"] = None if found is None else found.to_json()
+    return document
+
+
+def _describe_sts(sts: StsStatus | None) -> str:
+    return "" if sts is None else f"  MTA-STS: {sts.state}: {sts.reason}\n"
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
@@ -144,11 +162,11 @@ def _settings(args: argparse.Namespace) -> config.Settings:
 
 def _resolver_settings(args: argparse.Namespace, settings: config.Settings) -> ResolverSettings:
     timeout = min(3.0, args.timeout)
-    if args.resolver is not None:
-        return ResolverSettings.from_spec(args.resolver, timeout=timeout)
     configured = settings.resolver
-    return ResolverSettings(configured.address, configured.port,
-                            min(configured.timeout, timeout))
+    if args.resolver is not None:
+        named = ResolverSettings.from_spec(args.resolver, timeout=timeout)
+        return replace(configured, address=named.address, port=named.port, timeout=timeout)
+    return replace(configured, timeout=min(configured.timeout, timeout))
 
 
 def _shared_cache(args: argparse.Namespace, settings: config.Settings,
@@ -181,11 +199,17 @@ def _shared_cache(args: argparse.Namespace, settings: config.Settings,
 async def _ask_service(args: argparse.Namespace, settings: config.Settings,
                        resolver: ResolverSettings, cache: config.CacheSettings,
                        domains: Sequence[str]
-                       ) -> tuple[list[DomainStatus], list[DomainProbe] | None]:
-    """Statuses of ``domains`` and (unless --dns-only) their probes, from the service
-    the milter uses: the same cache, coalescing and probe pool."""
-    service = Service(resolver, cache)
+                       ) -> tuple[list[DomainStatus], list[DomainProbe] | None,
+                                  dict[str, StsStatus]]:
+    """Statuses of ``domains``, (unless --dns-only) their probes, and the MTA-STS side
+    of those DANE does not decide, from the service the milter uses: the same cache,
+    coalescing and probe pool."""
+    service = Service(resolver, cache, settings.mta_sts)
     limit = asyncio.Semaphore(_CONCURRENCY)
+    checking = None
+    if settings.resolver_check.mode is not config.ResolverCheckMode.OFF:
+        # Beside the lookups, not before them: a report costs no extra round trip.
+        checking = asyncio.ensure_future(check_resolver(resolver, settings.resolver_check))
 
     async def one(domain: str) -> DomainStatus:
         async with limit:
@@ -194,12 +218,25 @@ async def _ask_service(args: argparse.Namespace, settings: config.Settings,
 
     try:
         statuses = list(await asyncio.gather(*(one(d) for d in domains)))
+        if checking is not None:
+            check = await checking
+            if not check.passed:
+                print(f"danemilter: warning: {check.line()}; no domain can be status dane "
+                      "with this resolver", file=sys.stderr)
+        # As a rule requiring authenticated TLS would see it (RFC 8461 §2: DANE first).
+        sts_rule = config.Rule(tls=config.TlsRequirement.AUTHENTICATED)
+        wanted = [s.domain for s in statuses if wants_sts(s, sts_rule)]
+        found = await asyncio.gather(*(service.sts(d, Deadline.after(args.timeout))
+                                       for d in wanted))
+        sts = dict(zip(wanted, found, strict=True))
         if args.dns_only:
-            return statuses, None
+            return statuses, None, sts
         probes = await service.probe_each(statuses, OcspRequest(args.ocsp),
                                           _probe_settings(args, settings), fresh=args.fresh)
-        return statuses, probes
+        return statuses, probes, sts
     finally:
+        if checking is not None:
+            checking.cancel()
         await service.aclose()  # a refresh begun ahead of expiry has no one to wait for
 
 
@@ -214,9 +251,10 @@ def _probe_settings(args: argparse.Namespace, settings: config.Settings
                    concurrency=args.concurrency or probe.concurrency)
 
 
-def _report_probes(args: argparse.Namespace, probed: Sequence[DomainProbe]) -> int:
+def _report_probes(args: argparse.Namespace, probed: Sequence[DomainProbe],
+                   sts: dict[str, StsStatus]) -> int:
     if args.json:
-        json.dump([p.to_json() for p in probed], sys.stdout, indent=2)
+        json.dump([_with_sts(p.to_json(), sts) for p in probed], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     if args.nagios:
@@ -227,7 +265,7 @@ def _report_probes(args: argparse.Namespace, probed: Sequence[DomainProbe]) -> i
         print(f"DANE {_NAGIOS_WORD[code]} - {summary}")
         return code
     for probe in probed:
-        sys.stdout.write(describe_probe(probe))
+        sys.stdout.write(describe_probe(probe) + _describe_sts(sts.get(probe.status.domain)))
     return 0
 
 

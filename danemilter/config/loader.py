@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields, replace
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -21,24 +22,36 @@ import yaml
 from danemilter.config.model import (
     DEFAULT_PATH,
     LISTEN_SPEC,
-    MAX_CACHE_ENTRIES,
+    MAX_MEMORY_BYTES,
+    MAX_MX_HOSTS,
+    MAX_RESOLVER_QUERIES,
+    POLICY_SOCKET_OFF,
+    SYSTEMD_LISTEN,
     ApplyTo,
     BackendName,
     CacheSettings,
     DaneMode,
     ErrorAction,
+    Exemption,
     FailAction,
+    MetricsSettings,
     MilterLimits,
+    MtaStsSettings,
     OcspMode,
     Policy,
     ProbeMode,
     ProbeSettings,
+    ResolverCheckMode,
+    ResolverCheckSettings,
     ResolverSettings,
     Rule,
     Settings,
+    TlsRequirement,
     Transport,
+    Undeliverable,
 )
 from danemilter.errors import ConfigError, InputError
+from danemilter.files import FileReadError, read_regular_file
 from danemilter.names import normalize_domain
 
 # --- YAML node walking -------------------------------------------------------
@@ -158,9 +171,11 @@ class _Loader:
         return "." + name if dot else name
 
 
-_RESOLVER_KEYS = frozenset({"address", "port", "timeout"})
-_POLICY_KEYS = frozenset({"default", "domains"})
-_RULE_KEYS = frozenset({"dane", "ocsp", "on_fail", "reply", "probe"})
+_RESOLVER_KEYS = frozenset({"address", "port", "timeout", "max_queries", "max_mx_hosts"})
+_POLICY_KEYS = frozenset({"default", "domains", "exceptions"})
+_EXEMPTION_KEYS = frozenset({"until", "reason"})
+_RULE_KEYS = frozenset({"dane", "ocsp", "on_fail", "reply", "probe", "tls",
+                        "undeliverable"})
 _PROBE_KEYS = frozenset({"port", "timeout", "concurrency", "helo", "allow_private",
                          "cache_ttl"})
 _HEADER = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
@@ -171,7 +186,8 @@ def _rule(loader: _Loader, node: yaml.Node, what: str, base: Rule) -> Rule:
     fields = loader.mapping(node, what, _RULE_KEYS)
     values: dict[str, object] = {}
     for key, enum in (("dane", DaneMode), ("ocsp", OcspMode), ("on_fail", FailAction),
-                      ("probe", ProbeMode)):
+                      ("probe", ProbeMode), ("tls", TlsRequirement),
+                      ("undeliverable", Undeliverable)):
         if key in fields:
             with loader.collecting():
                 values[key] = loader.choice(fields[key][1], f"{what}.{key}", enum)
@@ -182,7 +198,27 @@ def _rule(loader: _Loader, node: yaml.Node, what: str, base: Rule) -> Rule:
                 raise loader.error(fields["reply"][1],
                                    f"{what}.reply must be one line without '%'")
             values["reply"] = reply
-    return replace(base, **values)  # type: ignore[arg-type]
+    rule = replace(base, **values)  # type: ignore[arg-type]
+    if rule.dane is DaneMode.OFF and rule.tls is TlsRequirement.AUTHENTICATED:
+        # dane: off means "not checked at all"; nothing could enforce the requirement.
+        raise loader.error(node, f"{what}: tls: authenticated needs dane: try or require")
+    return rule
+
+
+_MTA_STS_KEYS = frozenset({"port", "timeout", "ca_file"})
+
+
+def _mta_sts(loader: _Loader, node: yaml.Node) -> MtaStsSettings:
+    fields = loader.mapping(node, "mta_sts", _MTA_STS_KEYS)
+    values: dict[str, object] = {}
+    with loader.collecting():
+        if "port" in fields:
+            values["port"] = loader.whole(fields["port"][1], "mta_sts.port", 1, 65535)
+        if "timeout" in fields:
+            values["timeout"] = loader.number(fields["timeout"][1], "mta_sts.timeout", 0.1, 60)
+        if "ca_file" in fields:
+            values["ca_file"] = loader.string(fields["ca_file"][1], "mta_sts.ca_file")
+    return replace(MtaStsSettings(), **values)  # type: ignore[arg-type]
 
 
 def _listen(loader: _Loader, node: yaml.Node) -> str:
@@ -193,11 +229,21 @@ def _listen(loader: _Loader, node: yaml.Node) -> str:
     return listen
 
 
-def _socket_mode(loader: _Loader, node: yaml.Node) -> int:
-    mode = loader.scalar(node, "socket_mode")
+def _socket_mode(loader: _Loader, node: yaml.Node, what: str = "socket_mode") -> int:
+    mode = loader.scalar(node, what)
     if not re.fullmatch(r"0?[0-7]{3}", mode):
-        raise loader.error(node, f"socket_mode must be an octal mode like \"0660\": {mode!r}")
+        raise loader.error(node, f"{what} must be an octal mode like \"0660\": {mode!r}")
     return int(mode, 8)
+
+
+def _policy_socket(loader: _Loader, node: yaml.Node) -> str:
+    value = loader.scalar(node, "policy_socket")
+    if node.tag == "tag:yaml.org,2002:bool" and value.lower() in ("off", "false", "no"):
+        return POLICY_SOCKET_OFF  # YAML 1.1 reads a bare `off` as false
+    if value != POLICY_SOCKET_OFF and (value == SYSTEMD_LISTEN or not LISTEN_SPEC.match(value)):
+        raise loader.error(node, "policy_socket must be unix:/PATH, inet:PORT@HOST, "
+                           f"inet6:PORT@HOST or off, not {value!r}")
+    return value
 
 
 def _resolver(loader: _Loader, node: yaml.Node) -> ResolverSettings:
@@ -209,10 +255,55 @@ def _resolver(loader: _Loader, node: yaml.Node) -> ResolverSettings:
         port = int(loader.number(fields["port"][1], "resolver.port", 1, 65535))
     if "timeout" in fields:
         timeout = loader.number(fields["timeout"][1], "resolver.timeout", 0.05, 60)
+    limits = {key: loader.whole(fields[key][1], f"resolver.{key}", 1, high)
+              for key, high in (("max_queries", MAX_RESOLVER_QUERIES),
+                                ("max_mx_hosts", MAX_MX_HOSTS)) if key in fields}
     try:
-        return ResolverSettings(address, port, timeout)
+        return ResolverSettings(address, port, timeout, **limits)
     except InputError as exc:
         raise loader.error(node, str(exc)) from None
+
+
+_CHECK_KEYS = frozenset(f.name for f in fields(ResolverCheckSettings))
+
+
+def _resolver_check(loader: _Loader, node: yaml.Node) -> ResolverCheckSettings:
+    """``resolver_check: refuse | degrade | off``, or a mapping with ``mode`` and the names."""
+    if isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:null":
+        return ResolverCheckSettings(loader.choice(node, "resolver_check", ResolverCheckMode))
+    entries = loader.mapping(node, "resolver_check", _CHECK_KEYS)
+    values: dict[str, object] = {}
+    with loader.collecting():
+        if "mode" in entries:
+            values["mode"] = loader.choice(entries["mode"][1], "resolver_check.mode",
+                                           ResolverCheckMode)
+        for key in ("signed_name", "signed_type", "bogus_type"):
+            if key in entries:
+                values[key] = loader.string(entries[key][1], f"resolver_check.{key}")
+        if "bogus_name" in entries:
+            values["bogus_name"] = loader.optional_string(entries["bogus_name"][1],
+                                                          "resolver_check.bogus_name")
+        if "interval" in entries:
+            values["interval"] = loader.number(entries["interval"][1],
+                                               "resolver_check.interval", 10, 86_400)
+    for key in ("signed_type", "bogus_type"):
+        if isinstance(values.get(key), str):
+            values[key] = str(values[key]).upper()
+    try:
+        return replace(ResolverCheckSettings(), **values)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise loader.error(node, str(exc)) from None
+
+
+def _metrics(loader: _Loader, node: yaml.Node) -> MetricsSettings:
+    entries = loader.mapping(node, "metrics", frozenset({"listen"}))
+    if "listen" not in entries:
+        return MetricsSettings()
+    listen = loader.optional_string(entries["listen"][1], "metrics.listen")
+    try:
+        return MetricsSettings(listen)
+    except ConfigError as exc:
+        raise loader.error(entries["listen"][1], str(exc)) from None
 
 
 def _header(loader: _Loader, node: yaml.Node) -> str:
@@ -244,17 +335,45 @@ def _policy(loader: _Loader, node: yaml.Node) -> Policy:
     if "default" in fields:
         with loader.collecting():
             default = _rule(loader, fields["default"][1], "policy.default", Rule())
-    domains: dict[str, Rule] = {}
-    if "domains" in fields:
-        entries = loader.mapping(fields["domains"][1], "policy.domains", frozenset())
-        for key_node, value_node in entries.values():
-            with loader.collecting():
-                pattern = loader.domain_pattern(key_node, "policy.domains key")
-                if pattern in domains:
-                    raise loader.error(key_node, f"policy.domains lists {pattern} twice")
-                domains[pattern] = _rule(loader, value_node, f"policy.domains[{pattern}]",
-                                         default)
-    return Policy(default, domains)
+    domains = _by_domain(loader, fields, "domains",
+                         lambda value, what: _rule(loader, value, what, default))
+    exceptions = _by_domain(loader, fields, "exceptions",
+                            lambda value, what: _exemption(loader, value, what))
+    return Policy(default, domains, exceptions)
+
+
+def _by_domain(loader: _Loader, fields: dict[str, tuple[yaml.Node, yaml.Node]], key: str,
+               item: Callable[[yaml.Node, str], T]) -> dict[str, T]:
+    """``policy.<key>``: a table keyed by domain or ``.suffix``, each key once."""
+    table: dict[str, T] = {}
+    if key not in fields:
+        return table
+    entries = loader.mapping(fields[key][1], f"policy.{key}", frozenset())
+    for key_node, value_node in entries.values():
+        with loader.collecting():
+            pattern = loader.domain_pattern(key_node, f"policy.{key} key")
+            if pattern in table:
+                raise loader.error(key_node, f"policy.{key} lists {pattern} twice")
+            table[pattern] = item(value_node, f"policy.{key}[{pattern}]")
+    return table
+
+
+def _exemption(loader: _Loader, node: yaml.Node, what: str) -> Exemption:
+    fields = loader.mapping(node, what, _EXEMPTION_KEYS)
+    missing = sorted(_EXEMPTION_KEYS - fields.keys())
+    if missing:
+        raise loader.error(node, f"{what} needs {' and '.join(missing)}")
+    until_node = fields["until"][1]
+    text = loader.scalar(until_node, f"{what}.until")
+    try:
+        until = date.fromisoformat(text)
+    except ValueError:
+        raise loader.error(until_node, f"{what}.until must be a date like 2027-01-31, "
+                           f"not {text!r}") from None
+    reason = loader.string(fields["reason"][1], f"{what}.reason")
+    if any(c in reason for c in "\r\n"):
+        raise loader.error(fields["reason"][1], f"{what}.reason must be one line")
+    return Exemption(until, reason)
 
 
 def _probe(loader: _Loader, node: yaml.Node) -> ProbeSettings:
@@ -299,8 +418,8 @@ def _limits(loader: _Loader, node: yaml.Node) -> MilterLimits:
     return replace(MilterLimits(), **values)  # type: ignore[arg-type]
 
 
-_CACHE_INT_KEYS = ("max_entries", "lru_entries", "min_ttl", "max_ttl", "negative_max_ttl",
-                   "tempfail_ttl")
+_CACHE_INT_KEYS = ("max_entries", "lru_entries", "memory_max_bytes", "min_ttl", "max_ttl",
+                   "negative_max_ttl", "tempfail_ttl")
 CACHE_KEYS = frozenset(f.name for f in fields(CacheSettings))
 
 
@@ -320,7 +439,7 @@ def parse_cache_section(loader: _Loader, node: yaml.Node) -> CacheSettings:
         if key in entries:
             with loader.collecting():
                 values[key] = loader.whole(entries[key][1], f"cache.{key}", 0,
-                                           MAX_CACHE_ENTRIES)
+                                           MAX_MEMORY_BYTES)
     if "refresh_ahead" in entries:
         with loader.collecting():
             values["refresh_ahead"] = loader.number(entries["refresh_ahead"][1],
@@ -350,7 +469,12 @@ _FIELDS: dict[str, Callable[[_Loader, yaml.Node], object]] = {
     "limits": _limits,
     "socket_mode": _socket_mode,
     "socket_group": lambda loader, node: loader.string(node, "socket_group"),
+    "policy_socket": _policy_socket,
+    "policy_socket_mode": lambda loader, node: _socket_mode(loader, node, "policy_socket_mode"),
+    "policy_socket_group": lambda loader, node: loader.string(node, "policy_socket_group"),
     "resolver": _resolver,
+    "resolver_check": _resolver_check,
+    "metrics": _metrics,
     "deadline": lambda loader, node: loader.number(node, "deadline", 0.1, 25),
     "header": _header,
     "report_only": lambda loader, node: loader.boolean(node, "report_only"),
@@ -360,6 +484,7 @@ _FIELDS: dict[str, Callable[[_Loader, yaml.Node], object]] = {
     "skip_domains": _skip_domains,
     "policy": _policy,
     "probe": _probe,
+    "mta_sts": _mta_sts,
     "cache": parse_cache_section,
     "log_level": _log_level,
 }
@@ -377,15 +502,29 @@ def parse(text: str, path: str) -> Settings:
         raise ConfigErrors([ConfigError(f"invalid YAML: {exc.problem}", path, line)]) from None
     except yaml.YAMLError as exc:
         raise ConfigErrors([ConfigError(f"invalid YAML: {exc}", path)]) from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a 1 KB file of "[" is enough.
+        raise ConfigErrors([ConfigError("invalid YAML: nested too deeply", path)]) from None
     settings = Settings(source=path)
-    if root is None:
-        return settings
+    if root is None or (isinstance(root, yaml.ScalarNode)
+                        and root.tag == "tag:yaml.org,2002:null"):
+        # Built-in defaults come from having no file; an empty one (a truncated copy,
+        # a botched edit) must not quietly lower a "require" policy to "try".
+        raise ConfigErrors([ConfigError("the file is empty or holds only comments "
+                                        "(write {} for built-in defaults)", path)])
     values: dict[str, object] = {}
     with loader.collecting():
         top = loader.mapping(root, "the configuration", _TOP_KEYS)
         for key, (_, node) in top.items():
             with loader.collecting():
                 values[key] = _FIELDS[key](loader, node)
+        listen = str(values.get("listen", Settings().listen))
+        if values.get("transport") is Transport.LIBMILTER and not listen.startswith(
+                ("unix:", "local:", SYSTEMD_LISTEN)):
+            # libmilter trusts its peer (an odd macro packet crashes it): only the
+            # MTA may reach it, through a socket file's permissions (docs/security.md).
+            raise loader.error(top["transport"][1], "transport: libmilter needs listen: "
+                               "unix:/PATH (libmilter must not be reachable over TCP)")
         if values.get("apply_to") is ApplyTo.NETWORKS and not values.get("networks"):
             raise loader.error(top["apply_to"][1], "apply_to: networks needs a networks list")
     if loader.errors:
@@ -407,8 +546,12 @@ def load(path: str | Path | None) -> Settings:
     if path is None:
         return Settings()
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {getattr(exc, 'strerror', None) or exc}",
-                          str(path)) from None
+        text = read_regular_file(path).decode("utf-8")
+    except FileReadError as exc:
+        # The file first, as every configuration error names it (file:line: ...).
+        raise ConfigError(f"cannot read: {exc.reason}", exc.path) from None
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read: {exc}", str(path)) from None
     return parse(text, str(path))

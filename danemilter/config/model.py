@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -76,10 +77,39 @@ class Transport(StrEnum):
     LIBMILTER = "libmilter"
 
 
+class ResolverCheckMode(StrEnum):
+    """What a resolver that fails the self-check (danemilter.resolver_check) does to
+    the daemon: ``refuse`` to start, ``degrade`` (run, but no domain can be ``dane``),
+    or ``off`` (no check)."""
+
+    REFUSE = "refuse"
+    DEGRADE = "degrade"
+    OFF = "off"
+
+
 class BackendName(StrEnum):
     MEMORY = "memory"
     SQLITE = "sqlite"
     REDIS = "redis"
+
+
+class TlsRequirement(StrEnum):
+    """What a rule demands of delivery beyond ``dane:`` (issue 14): ``authenticated`` is
+    satisfied by DANE or, for a domain without usable DANE records, by an MTA-STS policy
+    in enforce mode (RFC 8461 §2: DANE first)."""
+
+    OPPORTUNISTIC = "opportunistic"
+    AUTHENTICATED = "authenticated"
+
+
+class Undeliverable(StrEnum):
+    """What a rule does with a domain that can never receive mail (null MX, RFC 7505;
+    nonexistent): ``auto`` refuses it where the rule demands authenticated TLS
+    (``dane: require`` or ``tls: authenticated``) and tags it elsewhere."""
+
+    AUTO = "auto"
+    REFUSE = "refuse"
+    TAG = "tag"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,24 +119,65 @@ class Rule:
     on_fail: FailAction = FailAction.TAG
     reply: str | None = None
     probe: ProbeMode = ProbeMode.OFF
+    tls: TlsRequirement = TlsRequirement.OPPORTUNISTIC
+    undeliverable: Undeliverable = Undeliverable.AUTO
+
+    @property
+    def refuses_undeliverable(self) -> bool:
+        if self.undeliverable is Undeliverable.AUTO:
+            return self.dane is DaneMode.REQUIRE or self.tls is TlsRequirement.AUTHENTICATED
+        return self.undeliverable is Undeliverable.REFUSE
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     default: Rule = field(default_factory=Rule)
     domains: Mapping[str, Rule] = field(default_factory=dict)
+    exceptions: Mapping[str, Exemption] = field(default_factory=dict)
 
     def rule_for(self, domain: str) -> Rule:
         """Most specific match wins: the exact domain, then the longest ``.suffix``."""
-        exact = self.domains.get(domain)
-        if exact is not None:
-            return exact
-        labels = domain.split(".")
-        for i in range(1, len(labels)):
-            rule = self.domains.get("." + ".".join(labels[i:]))
-            if rule is not None:
-                return rule
-        return self.default
+        return _most_specific(self.domains, domain) or self.default
+
+    def exemption_for(self, domain: str) -> tuple[str, Exemption] | None:
+        """The most specific ``policy.exceptions`` entry for ``domain``, with its key."""
+        for key in _keys_for(domain):
+            found = self.exceptions.get(key)
+            if found is not None:
+                return key, found
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Exemption:
+    """``policy.exceptions``: no refusal for a domain until ``until`` (inclusive, UTC),
+    for the stated ``reason`` (a partner fixing its DNS, say)."""
+
+    until: date
+    reason: str
+
+    def active(self, today: date) -> bool:
+        return today <= self.until
+
+
+def _keys_for(domain: str) -> list[str]:
+    """The exact name, then every ``.suffix`` from the longest to the shortest."""
+    labels = domain.split(".")
+    return [domain, *("." + ".".join(labels[i:]) for i in range(1, len(labels)))]
+
+
+def _most_specific(table: Mapping[str, Rule], domain: str) -> Rule | None:
+    return next((table[key] for key in _keys_for(domain) if key in table), None)
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsSettings:
+    """How MTA-STS policies are fetched (RFC 8461 §3.3): HTTPS on ``port`` (443; another
+    only for tests), PKIX against the system store or ``ca_file``, within ``timeout``."""
+
+    port: int = 443
+    ca_file: str | None = None
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +195,32 @@ class ProbeSettings:
     cache_ttl: int = 3600
 
 
+MAX_RESOLVER_QUERIES = 4096
+MAX_MX_HOSTS = 100
+
+
 @dataclass(frozen=True, slots=True)
 class ResolverSettings:
+    """The validating resolver, and what one process may ask of it.
+
+    ``max_queries``: DNS queries outstanding at once in the whole process (each holds
+    a socket); ``max_mx_hosts``: the MX hosts of one domain that are evaluated, most
+    preferred first, as Postfix's ``smtp_mx_address_limit`` bounds what it will use.
+    """
+
     address: str = "127.0.0.1"
     port: int = 53
     timeout: float = 3.0
+    max_queries: int = 128
+    max_mx_hosts: int = 10
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_queries <= MAX_RESOLVER_QUERIES:
+            raise InputError(f"resolver max_queries must be 1-{MAX_RESOLVER_QUERIES}: "
+                             f"{self.max_queries}")
+        if not 1 <= self.max_mx_hosts <= MAX_MX_HOSTS:
+            raise InputError(f"resolver max_mx_hosts must be 1-{MAX_MX_HOSTS}: "
+                             f"{self.max_mx_hosts}")
         try:
             ipaddress.ip_address(self.address)
         except ValueError:
@@ -170,8 +260,68 @@ def _parse_port(text: str, spec: str) -> int:
     return int(text)
 
 
+# Record types the self-check may ask for; a name is checked with one question.
+CHECK_TYPES = frozenset({"A", "AAAA", "SOA", "NS", "MX", "TXT", "TLSA", "DNSKEY", "DS"})
+_CHECK_NAME = re.compile(r"^(?:\.|(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverCheckSettings:
+    """The resolver self-check: the resolver must answer ``signed_name``/``signed_type``
+    (a signed name) with the AD bit, and, when ``bogus_name`` is set, answer that
+    deliberately broken name with SERVFAIL. ``interval``: seconds between checks while
+    the resolver passes (a failing one is checked, and logged, every minute)."""
+
+    mode: ResolverCheckMode = ResolverCheckMode.REFUSE
+    signed_name: str = "."
+    signed_type: str = "SOA"
+    bogus_name: str | None = None
+    bogus_type: str = "A"
+    interval: float = 300.0
+
+    def __post_init__(self) -> None:
+        for what, name in (("signed_name", self.signed_name), ("bogus_name", self.bogus_name)):
+            if name is not None and (len(name) > 254 or not _CHECK_NAME.match(name)):
+                raise ConfigError(f"resolver_check.{what} is not a DNS name: {name!r}")
+        for what, rdtype in (("signed_type", self.signed_type), ("bogus_type", self.bogus_type)):
+            if rdtype not in CHECK_TYPES:
+                raise ConfigError(f"resolver_check.{what} must be one of "
+                                  f"{'|'.join(sorted(CHECK_TYPES))}, not {rdtype!r}")
+        if not 10 <= self.interval <= 86_400:
+            raise ConfigError(f"resolver_check.interval must be between 10 and 86400 "
+                              f"seconds, not {self.interval!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The Prometheus endpoint: ``listen`` is ``HOST:PORT`` (``[V6]:PORT``), or None (off)."""
+
+    listen: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen is not None:
+            self.address()  # validates
+
+    def address(self) -> tuple[str, int]:
+        text = self.listen or ""
+        host, sep, port = text.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"metrics.listen must be IP:PORT, not {text!r}") from None
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"metrics.listen needs a port 1-65535: {text!r}")
+        return host, int(port)
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.listen is not None and ipaddress.ip_address(self.address()[0]).is_loopback
+
+
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 MAX_CACHE_ENTRIES = 100_000_000
+MAX_MEMORY_BYTES = 1 << 40
 _MAX_TTL = 7 * 86_400
 
 
@@ -185,6 +335,8 @@ class CacheSettings:
     expiry from which a domain still being asked for is evaluated again in the
     background (0 disables). ``max_entries`` bounds the backend (memory, SQLite),
     ``lru_entries`` the in-process LRU in front of it (0 disables that LRU).
+    ``memory_max_bytes`` bounds the encoded size of what the LRU (and the memory
+    backend) hold: a status of a domain with many hosts and records is large.
     """
 
     backend: str = BackendName.SQLITE.value
@@ -193,6 +345,7 @@ class CacheSettings:
     key_prefix: str = "danemilter:"
     max_entries: int = 100_000
     lru_entries: int = 10_000
+    memory_max_bytes: int = 64 * 1024 * 1024
     min_ttl: int = 60
     max_ttl: int = 86_400
     negative_max_ttl: int = 3_600
@@ -214,6 +367,7 @@ class CacheSettings:
                               f"{self.key_prefix!r}")
         for name, low, high in (("max_entries", 1, MAX_CACHE_ENTRIES),
                                 ("lru_entries", 0, MAX_CACHE_ENTRIES),
+                                ("memory_max_bytes", 0, MAX_MEMORY_BYTES),
                                 ("min_ttl", 0, _MAX_TTL),
                                 ("max_ttl", 1, _MAX_TTL),
                                 ("negative_max_ttl", 0, _MAX_TTL),
@@ -250,6 +404,10 @@ class MilterLimits:
     max_packet: int = 1024 * 1024
 
 
+POLICY_SOCKET_OFF = "off"
+POLICY_SOCKET_NAME = "policy.sock"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "inet:8891@127.0.0.1"
@@ -257,7 +415,15 @@ class Settings:
     limits: MilterLimits = field(default_factory=MilterLimits)
     socket_mode: int | None = None
     socket_group: str | None = None
+    # The TLS-policy socket (docs/policy-socket.md): None = policy.sock next to a unix
+    # milter socket (off for inet/systemd), "off", or a listen spec; mode and group
+    # default to the milter socket's.
+    policy_socket: str | None = None
+    policy_socket_mode: int | None = None
+    policy_socket_group: str | None = None
     resolver: ResolverSettings = field(default_factory=ResolverSettings)
+    resolver_check: ResolverCheckSettings = field(default_factory=ResolverCheckSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     deadline: float = 10.0
     header: str = "X-DANE-Status"
     report_only: bool = False
@@ -267,9 +433,21 @@ class Settings:
     skip_domains: frozenset[str] = frozenset()
     policy: Policy = field(default_factory=Policy)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     log_level: str = "info"
     source: str = BUILT_IN
+
+    def policy_listen(self) -> str | None:
+        """Where the policy socket listens; None when it is off."""
+        if self.policy_socket == POLICY_SOCKET_OFF:
+            return None
+        if self.policy_socket is not None:
+            return self.policy_socket
+        scheme, _, path = self.listen.partition(":")
+        if scheme not in ("unix", "local"):
+            return None
+        return f"unix:{path.rpartition('/')[0]}/{POLICY_SOCKET_NAME}"
 
     def skips(self, domain: str) -> bool:
         """Local domains (exact or ``.suffix``) are not delivered over SMTP by us."""

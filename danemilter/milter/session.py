@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import threading
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from danemilter.config.model import (
@@ -26,8 +26,19 @@ from danemilter.config.model import (
     Settings,
 )
 from danemilter.deadline import Deadline
+from danemilter.metrics import METRICS
+from danemilter.mtasts import StsStatus
 from danemilter.names import delivery_destination
-from danemilter.policy import Action, Decision, Reply, decide, wants_probe
+from danemilter.policy import (
+    Action,
+    Decision,
+    Reply,
+    decide,
+    decide_domain,
+    exempt,
+    wants_probe,
+    wants_sts,
+)
 from danemilter.probe_result import DomainProbe
 from danemilter.status import DomainStatus
 
@@ -52,6 +63,12 @@ class DecisionService(Protocol):
                     deadline: Deadline) -> DomainProbe | None:
         """TLS probe results for ``status`` under ``rule`` by ``deadline`` (None: none)."""
 
+    def cached_sts(self, domain: str) -> StsStatus | None:
+        """A recent MTA-STS verdict from memory; None when it takes a lookup."""
+
+    async def sts(self, domain: str, deadline: Deadline) -> StsStatus:
+        """The domain's MTA-STS side by ``deadline`` (``tempfail`` when not known)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
@@ -65,17 +82,17 @@ class RuntimeRef:
     """The current Runtime; a reload swaps it whole, connections keep the settings they
     started with (lookups go to the current service)."""
 
+    # No lock: reading or rebinding one attribute is atomic in CPython, so libmilter's
+    # threads see the old Runtime or the new one, never a mix (a reload swaps it whole).
+
     def __init__(self, runtime: Runtime) -> None:
-        self._lock = threading.Lock()  # libmilter reads it from its worker threads
         self._runtime = runtime
 
     def get(self) -> Runtime:
-        with self._lock:
-            return self._runtime
+        return self._runtime
 
     def set(self, runtime: Runtime) -> None:
-        with self._lock:
-            self._runtime = runtime
+        self._runtime = runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +147,56 @@ def _verdict(decision: Decision) -> str:
 RcptAnswer = Reply | None  # None: go on (the recipient is accepted)
 
 
+class _Memo:
+    """What one connection has already worked out for a domain under its settings: the
+    MTA sends recipient after recipient of the same few domains, and the warm path
+    must cost next to nothing (docs/benchmarks.md). Valid for one Runtime's settings."""
+
+    __slots__ = ("_decisions", "_locals", "_rules", "_settings")
+
+    _LIMIT = 256  # distinct domains one connection may make us remember
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._rules: dict[str, Rule] = {}
+        self._locals: dict[str, bool] = {}
+        self._decisions: dict[str, tuple[DomainStatus, Rule, StsStatus | None, Decision]] = {}
+
+    def is_local(self, domain: str) -> bool:
+        known = self._locals.get(domain)
+        if known is None:
+            known = self._settings.skips(domain)
+            if len(self._locals) < self._LIMIT:
+                self._locals[domain] = known
+        return known
+
+    def rule(self, domain: str) -> Rule:
+        rule = self._rules.get(domain)
+        if rule is None:
+            rule = self._settings.policy.rule_for(domain)
+            if len(self._rules) < self._LIMIT:
+                self._rules[domain] = rule
+        return rule
+
+    def decision(self, status: DomainStatus, rule: Rule, sts: StsStatus | None) -> Decision:
+        """decide(), or the same answer it gave for these very values (by identity: the
+        cache hands out one status object until it changes)."""
+        known = self._decisions.get(status.domain)
+        if known is not None and known[0] is status and known[1] is rule and known[2] is sts:
+            return known[3]
+        decision = decide(status, rule, self._settings.on_error, sts=sts)
+        if len(self._decisions) < self._LIMIT or status.domain in self._decisions:
+            self._decisions[status.domain] = (status, rule, sts, decision)
+        return decision
+
+
 class Session:
     """The state of one MTA connection: its client, the message under way, decisions."""
 
     def __init__(self, ref: RuntimeRef) -> None:
         self._ref = ref
         self.runtime = ref.get()
+        self._memo = _Memo(self.runtime.settings)
         self.client: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.queue_id = NOQUEUE
         self._reset_message()
@@ -156,6 +217,7 @@ class Session:
     def connect(self, address: str | None) -> None:
         # The settings are fixed per connection: a reload applies from the next one.
         self.runtime = self._ref.get()
+        self._memo = _Memo(self.runtime.settings)
         self.queue_id = NOQUEUE
         try:
             self.client = ipaddress.ip_address((address or "").split("%")[0])
@@ -177,22 +239,25 @@ class Session:
                 return None
             # Judged by the domain the MTA delivers to after its own rewriting (percent
             # hack, bang path, quoted local part, local domains): never by the text.
-            destination = delivery_destination(recipient, settings.skips)
+            memo = self._memo
+            destination = delivery_destination(recipient, memo.is_local)
             domain = destination.domain
             if domain is None:
                 if destination.local:
                     return None
                 return self._unknown_destination(recipient, destination.reason)
-            rule = settings.policy.rule_for(domain)
+            rule = memo.rule(domain)
             if rule.dane is DaneMode.OFF:
                 return None
-            # The one place a recipient's deadline is made: the lookup, the probe and
-            # the transport's wait all share it.
-            deadline = Deadline.after(settings.deadline)
             service = self._ref.get().service
             status = service.cached_status(domain)
             if status is not None and not wants_probe(status, rule):
-                return self._apply(recipient, decide(status, rule, settings.on_error))
+                sts = service.cached_sts(domain) if wants_sts(status, rule) else None
+                if sts is not None or not wants_sts(status, rule):
+                    return self._apply(recipient, memo.decision(status, rule, sts))
+            # The one place a recipient's deadline is made: the lookup, the probe and
+            # the transport's wait all share it.
+            deadline = Deadline.after(settings.deadline)
             return self._guarded(self._rcpt_lookup(recipient, domain, rule, deadline, service))
         except Exception:
             log.exception("%s: internal error at RCPT", self.queue_id)
@@ -200,15 +265,9 @@ class Session:
 
     async def _rcpt_lookup(self, recipient: str, domain: str, rule: Rule, deadline: Deadline,
                            service: DecisionService) -> RcptAnswer:
-        settings = self.runtime.settings
-        status = await service.status(domain, deadline)
-        probes = None
-        if wants_probe(status, rule):
-            probe = await service.probe(status, rule, settings.probe, deadline)
-            if probe is not None:
-                status = probe.status
-                probes = [result for host in probe.probes for result in host]
-        return self._apply(recipient, decide(status, rule, settings.on_error, probes))
+        decision, _, _ = await decide_domain(service, domain, rule, self.runtime.settings,
+                                             deadline)
+        return self._apply(recipient, decision)
 
     async def _guarded(self, answer: Awaitable[RcptAnswer]) -> RcptAnswer:
         try:
@@ -265,6 +324,16 @@ class Session:
             return None
         return INTERNAL_ERROR
 
+    def _exempted(self, decision: Decision) -> Decision:
+        """``policy.exceptions``: logged on every use, and when expired (then ignored)."""
+        outcome, note = exempt(decision, self.runtime.settings.policy, datetime.now(UTC).date())
+        if note is not None:
+            if outcome is decision:
+                log.warning("%s: %s", self.queue_id, note)
+            else:
+                log.info("%s: %s", self.queue_id, note)
+        return outcome
+
     def _applies(self, settings: Settings) -> bool:
         if settings.apply_to is ApplyTo.AUTHENTICATED:
             return self.authenticated
@@ -298,6 +367,9 @@ class Session:
 
     def _apply(self, recipient: str, decision: Decision) -> RcptAnswer:
         settings = self.runtime.settings
+        if settings.policy.exceptions:
+            decision = self._exempted(decision)
+        METRICS.decisions[(decision.action, decision.status)] += 1  # no lock: one loop
         if settings.report_only:
             log.info("%s: report-only: rcpt=%s %s (%s)", self.queue_id, recipient,
                      _verdict(decision), decision.reason)
@@ -309,8 +381,9 @@ class Session:
         # Accepted recipients are logged in one line per message at its end (with the
         # queue ID, which Postfix assigns only after the first accepted recipient): a
         # line per recipient cost a measurable share of the MTA's throughput.
-        log.debug("%s: rcpt=%s %s (%s)", self.queue_id, recipient, _verdict(decision),
-                  decision.reason)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: rcpt=%s %s (%s)", self.queue_id, recipient, _verdict(decision),
+                      decision.reason)
         self.accepted.setdefault(decision.domain, []).append(recipient)
         # One header per domain: the first accepted recipient's decision stands.
         self.decisions.setdefault(decision.domain, decision)

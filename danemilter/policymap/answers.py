@@ -31,8 +31,9 @@ from enum import StrEnum
 
 from danemilter.config.model import DaneMode, Rule, Settings
 from danemilter.errors import InputError
+from danemilter.mtasts import StsState, StsStatus
 from danemilter.names import normalize_domain
-from danemilter.policy import Decision
+from danemilter.policy import Decision, wants_sts
 from danemilter.status import DomainState, DomainStatus
 
 MAP_NAME = "dane"  # smtp_tls_policy_maps = socketmap:unix:PATH:dane
@@ -104,17 +105,47 @@ def _suffix_rule(settings: Settings, parent: str) -> Rule:
     return settings.policy.default
 
 
-def for_status(status: DomainStatus) -> TlsPolicy:
-    """A ``try`` domain's policy from its status."""
+@dataclass(frozen=True, slots=True)
+class SecureMatch:
+    """Postfix's ``secure`` level for an MTA-STS enforce domain without DANE (RFC 8461
+    §4): PKIX, with the certificate naming an MX host the policy allows."""
+
+    patterns: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "secure"
+
+    def postfix(self) -> str:
+        # Postfix's "match=.example.net" takes any subdomain; MTA-STS's "*.example.net"
+        # only one label more: the MX names were checked at RCPT (policy.decide).
+        names = [p.removeprefix("*") if p.startswith("*.") else p for p in self.patterns]
+        return f"secure match={':'.join(names)} servername=hostname"
+
+
+TlsAnswer = TlsPolicy | SecureMatch
+
+
+def for_status(status: DomainStatus, rule: Rule | None = None,
+               sts: StsStatus | None = None) -> TlsAnswer:
+    """A ``try`` domain's policy from its status (and, under ``tls: authenticated``,
+    its MTA-STS side: never a weaker policy than the rule asked for at RCPT)."""
     if status.status is DomainState.DANE:
         return TlsPolicy.DANE_ONLY
     if status.status is DomainState.TEMPFAIL:
         return TlsPolicy.TEMP
+    if rule is not None and wants_sts(status, rule):
+        if sts is None or sts.state is StsState.TEMPFAIL:
+            return TlsPolicy.TEMP
+        if sts.enforced and sts.policy is not None:
+            return SecureMatch(sts.policy.mx)
+        return TlsPolicy.DANE_ONLY  # neither DANE nor enforce: delivery must wait
     return TlsPolicy.DANE
 
 
-def socketmap_reply(policy: TlsPolicy, why: str = "") -> bytes:
+def socketmap_reply(policy: TlsAnswer, why: str = "") -> bytes:
     """The socketmap_table(5) reply text (before netstring framing)."""
+    if isinstance(policy, SecureMatch):
+        return b"OK " + policy.postfix().encode()
     if policy is TlsPolicy.NONE:
         return b"NOTFOUND "
     if policy is TlsPolicy.TEMP:
@@ -138,7 +169,7 @@ class RcptLine:
 
     action: str  # accept | tag | hold | defer | reject
     status: str
-    tls: TlsPolicy
+    tls: TlsAnswer
     code: int | None = None
     xcode: str | None = None
     text: str | None = None
@@ -155,7 +186,7 @@ class RcptLine:
         return (" ".join(fields) + "\n").encode()
 
 
-def rcpt_line(settings: Settings, decision: Decision | None, tls: TlsPolicy) -> RcptLine:
+def rcpt_line(settings: Settings, decision: Decision | None, tls: TlsAnswer) -> RcptLine:
     """``decision`` None: the domain is not checked (off, skipped)."""
     if decision is None:
         return RcptLine("accept", "skipped", tls)

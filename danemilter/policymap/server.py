@@ -21,6 +21,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from danemilter.config.model import DaneMode, ErrorAction, MilterLimits
@@ -29,7 +30,7 @@ from danemilter.errors import InputError
 from danemilter.metrics import METRICS
 from danemilter.milter.session import INTERNAL_ERROR, Runtime, RuntimeRef
 from danemilter.names import normalize_domain
-from danemilter.policy import Decision, decide, wants_probe
+from danemilter.policy import decide_domain, exempt, wants_sts
 from danemilter.policymap import answers
 from danemilter.policymap.answers import NeedsStatus, RcptLine, TlsPolicy
 from danemilter.policymap.netstring import (
@@ -149,22 +150,29 @@ class PolicyServer:
         policy = answers.for_key(runtime.settings, query.key)
         if not isinstance(policy, NeedsStatus):
             return self._reply(query.key, policy)
-        status = runtime.service.cached_status(policy.domain)
+        service = runtime.service
+        status = service.cached_status(policy.domain)
         if status is not None:
-            return self._reply(query.key, answers.for_status(status))
+            if not wants_sts(status, policy.rule):
+                return self._reply(query.key, answers.for_status(status, policy.rule))
+            sts = service.cached_sts(policy.domain)
+            if sts is not None:
+                return self._reply(query.key, answers.for_status(status, policy.rule, sts))
         return self._socketmap_lookup(runtime, query.key, policy)
 
     async def _socketmap_lookup(self, runtime: Runtime, key: str, need: NeedsStatus) -> bytes:
         deadline = Deadline.after(min(LOOKUP_DEADLINE, runtime.settings.deadline))
         try:
             status = await runtime.service.status(need.domain, deadline)
+            sts = (await runtime.service.sts(need.domain, deadline)
+                   if wants_sts(status, need.rule) else None)
         except Exception:
             log.exception("policy socket: looking up %s failed", need.domain)
             return self._reply(key, TlsPolicy.TEMP, "internal error")
-        return self._reply(key, answers.for_status(status), status.reason)
+        return self._reply(key, answers.for_status(status, need.rule, sts), status.reason)
 
     @staticmethod
-    def _reply(key: str, policy: TlsPolicy, why: str = "") -> bytes:
+    def _reply(key: str, policy: answers.TlsAnswer, why: str = "") -> bytes:
         log.debug("policy socket: socketmap %s -> %s", key, policy)
         return netstring(answers.socketmap_reply(policy, " ".join(why.split())[:200]))
 
@@ -194,16 +202,13 @@ class PolicyServer:
         deadline = Deadline.after(settings.deadline)
         service = runtime.service
         try:
-            status = await service.status(domain, deadline)
-            if isinstance(tls, NeedsStatus):
-                tls = answers.for_status(status)
-            probes = None
-            if wants_probe(status, rule):
-                probe = await service.probe(status, rule, settings.probe, deadline)
-                if probe is not None:
-                    status = probe.status
-                    probes = [result for host in probe.probes for result in host]
-            decision: Decision = decide(status, rule, settings.on_error, probes)
+            decision, status, sts = await decide_domain(service, domain, rule, settings,
+                                                        deadline)
+            delivery = (answers.for_status(status, rule, sts) if isinstance(tls, NeedsStatus)
+                        else tls)
+            decision, note = exempt(decision, settings.policy, datetime.now(UTC).date())
+            if note is not None:
+                log.info("policy socket: %s", note)
         except Exception:
             log.exception("policy socket: internal error deciding for %s", domain)
             if settings.on_error is ErrorAction.ACCEPT:
@@ -211,7 +216,7 @@ class PolicyServer:
             reply = INTERNAL_ERROR
             return RcptLine("defer", "error", TlsPolicy.TEMP, reply.code, reply.xcode,
                             reply.text).encode()
-        line = answers.rcpt_line(settings, decision, tls)
+        line = answers.rcpt_line(settings, decision, delivery)
         log.info("policy socket: rcpt domain=%s status=%s action=%s tls=%s (%s)", domain,
                  decision.status, line.action, line.tls, decision.reason)
         return line.encode()

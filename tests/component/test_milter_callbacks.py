@@ -215,7 +215,14 @@ def test_forged_status_headers_are_removed(use: Any) -> None:
     assert headers(ctx) == ["plain.example; status=none; usage=0; ocsp=off; action=accept"]
 
 
-def test_null_mx_rejected_even_under_try(use: Any) -> None:
+def test_null_mx_tagged_under_try_and_refused_under_require(use: Any) -> None:
+    # Issue 14: "tag everything, refuse nothing" holds for null MX too; require refuses.
+    ctx = Ctx()
+    ctx._connect()
+    replies, _ = deliver(ctx, "x@nullmx.example")
+    assert replies == [Milter.CONTINUE]
+    assert headers(ctx) == ["nullmx.example; status=nullmx; usage=0; ocsp=off; action=tag"]
+    use(require(FailAction.TAG))
     ctx = Ctx()
     ctx._connect()
     replies, _ = deliver(ctx, "x@nullmx.example")

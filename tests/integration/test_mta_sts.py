@@ -24,6 +24,7 @@ from danemilter.service import Service
 from tests.support.dnsbed import DnssecTestBed, Zone
 from tests.support.milterproc import MilterProcess
 from tests.support.postfix import PrivatePostfix, SmtpSink
+from tests.support.socketmap import SocketmapClient
 from tests.support.sts_server import Served, StsServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -195,23 +196,48 @@ def test_a_cached_policy_outlives_its_txt_record_and_its_server(world: World,
 
 
 @pytest.fixture(scope="module")
-def postfix_stack(world: World) -> Iterator[tuple[PrivatePostfix, SmtpSink]]:
+def daemon(world: World) -> Iterator[MilterProcess]:
     resolver, sts = world.settings()
-    sink = SmtpSink()
-    sink.start()
     milter = MilterProcess(
         f"resolver: {{address: 127.0.0.1, port: {resolver.port}, timeout: 1}}\n"
-        f"deadline: 8\nmta_sts: {{port: {sts.port}, ca_file: {sts.ca_file}}}\n"
+        f"resolver_check: off\ndeadline: 8\n"
+        f"mta_sts: {{port: {sts.port}, ca_file: {sts.ca_file}}}\n"
         "policy:\n  default: {dane: try, tls: authenticated, on_fail: defer}\n")
     milter.start()
-    postfix = PrivatePostfix(milter.postfix_address, sink.port)
+    try:
+        yield milter
+    finally:
+        milter.stop()
+
+
+@pytest.fixture(scope="module")
+def postfix_stack(daemon: MilterProcess) -> Iterator[tuple[PrivatePostfix, SmtpSink]]:
+    sink = SmtpSink()
+    sink.start()
+    postfix = PrivatePostfix(daemon.postfix_address, sink.port)
     try:
         postfix.start()
         yield postfix, sink
     finally:
         postfix.stop()
-        milter.stop()
         sink.stop()
+
+
+@pytest.mark.parametrize(
+    ("label", "answer"),
+    [
+        ("enforce", "OK secure match=mx.enforce.sts.test servername=hostname"),
+        ("dane-sts", "OK dane-only"),    # DANE decides alone
+        ("testing", "OK dane-only"),     # the rule promised authenticated TLS: no weaker
+        ("absent", "OK dane-only"),
+        ("down", "TEMP"),
+    ],
+)
+def test_delivery_policy_for_mta_sts_domains(daemon: MilterProcess, label: str,
+                                             answer: str) -> None:
+    with SocketmapClient(daemon.root / "policy.sock") as client:
+        got = client.query(f"{label}.sts.test")
+    assert got.startswith(answer), got
 
 
 def test_authenticated_rule_through_postfix(postfix_stack: tuple[PrivatePostfix, SmtpSink]
@@ -259,3 +285,19 @@ def test_verify_json_shows_the_mta_sts_verdict_of_every_fixture(world: World,
     got = {doc["domain"].split(".")[0]: (doc["sts"] or {}).get("state")
            for doc in json.loads(result.stdout)}
     assert got == expected
+
+
+def test_cache_purge_forgets_a_domains_mta_sts_policy(world: World, tmp_path: Path) -> None:
+    settings = cached(tmp_path, "purge")
+    seed(world, settings, "enforce.sts.test", "e1")
+    config = tmp_path / "danemilter.yaml"
+    config.write_text(f"cache: {{backend: sqlite, path: {settings.path}}}\n")
+    result = subprocess.run([sys.executable, "-m", "danemilter", "cache", "purge",
+                             "enforce.sts.test", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    service = world.service(settings)
+    try:
+        assert service.sts_cache.policy("enforce.sts.test", time.time()) is None
+    finally:
+        asyncio.run(service.aclose())

@@ -199,9 +199,10 @@ RCPT_LINES: list[tuple[bytes, bytes]] = [
      b'action=defer status=none tls=dane-only code=450 xcode=4.7.4 text="Recipient domain '
      b'notlsa.nsec3.test cannot be reached with DANE (status none) and policy requires '
      b'it"\n'),
+    # Under try a nonexistent domain is only tagged (issue 14); require refuses it.
     (b"rcpt nxdomain.secure.test\n",
-     b'action=reject status=nxdomain tls=dane code=550 xcode=5.1.2 text="Recipient domain '
-     b'nxdomain.secure.test does not exist"\n'),
+     b'action=tag status=nxdomain tls=dane header_name=X-DANE-Status header="'
+     b'nxdomain.secure.test; status=nxdomain; usage=0; ocsp=off; action=tag"\n'),
     (b"rcpt unusable.secure.test\n", b"action=accept status=skipped tls=none\n"),
     (b"rcpt srv1.hosting.test", b"action=accept status=skipped tls=none\n"),  # no newline
     (b"RCPT user@ee.secure.test\r\n",

@@ -73,8 +73,8 @@ def sink() -> Iterator[SmtpSink]:
 
 @pytest.fixture(
     scope="module",
-    params=[("libmilter", "unix"), ("libmilter", "inet"), ("asyncio", "unix"),
-            ("asyncio", "inet")],
+    # libmilter only on a unix socket: the configuration refuses it on TCP (issue 16).
+    params=[("libmilter", "unix"), ("asyncio", "unix"), ("asyncio", "inet")],
     ids="-".join,
 )
 def stack(request: pytest.FixtureRequest, dns_bed: DnssecTestBed, install: SendmailInstall,

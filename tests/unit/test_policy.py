@@ -2,7 +2,7 @@
 
 import pytest
 
-from danemilter.config import DaneMode, ErrorAction, FailAction, OcspMode, Rule
+from danemilter.config import DaneMode, ErrorAction, FailAction, OcspMode, Rule, Undeliverable
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.policy import Action, Reply, decide
 from danemilter.probe import ProbeResult
@@ -43,10 +43,16 @@ T, A = ErrorAction.TEMPFAIL, ErrorAction.ACCEPT
         (DomainState.NONE, REQ_HOLD, T, Action.HOLD, None),
         (DomainState.DANE_MISMATCH, REQ_DEFER, T, Action.DEFER, (450, "4.7.5")),
         (DomainState.DANE_MISMATCH, REQ_REJECT, T, Action.REJECT, (550, "5.7.5")),
-        # A domain that can never receive mail is refused whenever it is looked up.
-        (DomainState.NULLMX, TRY, T, Action.REJECT, (556, "5.1.10")),
-        (DomainState.NXDOMAIN, TRY, T, Action.REJECT, (550, "5.1.2")),
+        # A domain that can never receive mail (issue 14): tagged under try, refused
+        # where the rule demands authenticated TLS, whatever on_fail says.
+        (DomainState.NULLMX, TRY, T, Action.TAG, None),
+        (DomainState.NXDOMAIN, TRY, T, Action.TAG, None),
+        (DomainState.NULLMX, REQ_TAG, T, Action.REJECT, (556, "5.1.10")),
         (DomainState.NXDOMAIN, REQ_TAG, A, Action.REJECT, (550, "5.1.2")),
+        (DomainState.NXDOMAIN, Rule(DaneMode.TRY, undeliverable=Undeliverable.REFUSE), T,
+         Action.REJECT, (550, "5.1.2")),
+        (DomainState.NULLMX, Rule(DaneMode.REQUIRE, undeliverable=Undeliverable.TAG), T,
+         Action.TAG, None),
         # Lookup failures under require: on_error decides.
         (DomainState.TEMPFAIL, REQ_REJECT, T, Action.DEFER, (451, "4.4.3")),
         (DomainState.TEMPFAIL, REQ_REJECT, A, Action.ACCEPT, None),
@@ -150,3 +156,13 @@ def test_mismatch_from_a_probe_under_require() -> None:
     assert decision.reply is not None
     assert (decision.reply.code, decision.reply.xcode) == (450, "4.7.5")
     assert decision.header_value().startswith("example.test; status=dane-mismatch;")
+
+
+def test_an_nxdomain_that_is_not_dnssec_proven_only_defers() -> None:
+    # A forged NXDOMAIN must not bounce mail (issue 14; Postfix's
+    # unknown_address_reject_code is 450 too).
+    insecure = DomainStatus("example.test", DomainState.NXDOMAIN, 0, False, (), "nx", 60)
+    decision = decide(insecure, REQ_REJECT, ErrorAction.TEMPFAIL)
+    assert decision.action is Action.DEFER
+    assert decision.reply == Reply(450, "4.1.2", "Recipient domain example.test not found "
+                                   "(not DNSSEC-proven), try again later")
