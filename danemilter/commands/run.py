@@ -187,6 +187,11 @@ def _load_for_reload(path: str | None) -> Settings | None:
     return None
 
 
+def _service_settings(settings: Settings) -> tuple[object, ...]:
+    """What a Service is built from: a reload that changes any of it needs a new one."""
+    return settings.resolver, settings.cache, settings.mta_sts
+
+
 def _log_started(settings: Settings) -> None:
     log.info("listening on %s (transport %s, config: %s, resolver %s:%d)", settings.listen,
              settings.transport, settings.source, settings.resolver.address,
@@ -313,9 +318,7 @@ class _Daemon:
         if settings.limits != current.settings.limits:
             log.warning("limits changed: they apply to connections after a restart")
         service = current.service
-        if settings.resolver != current.settings.resolver or \
-                settings.cache != current.settings.cache or \
-                settings.mta_sts != current.settings.mta_sts:
+        if _service_settings(settings) != _service_settings(current.settings):
             old = current.service
             service = Service(settings.resolver, settings.cache, settings.mta_sts)
             assert isinstance(old, Service)
@@ -477,8 +480,7 @@ def _reload_libmilter(path: str | None, ref: RuntimeRef, engine: LoopThread) -> 
         return engine
     if settings.listen != current.listen or settings.transport != current.transport:
         log.warning("listen or transport changed: takes effect after a restart")
-    if (settings.resolver, settings.cache, settings.mta_sts) != (
-            current.resolver, current.cache, current.mta_sts):
+    if _service_settings(settings) != _service_settings(current):
         engine = LoopThread(settings.resolver, settings.cache, settings.mta_sts)
     ref.set(Runtime(settings, engine.service))
     _setup_logging(settings.log_level)

@@ -139,6 +139,11 @@ class Policy:
         """Most specific match wins: the exact domain, then the longest ``.suffix``."""
         return _most_specific(self.domains, domain) or self.default
 
+    def rule_below(self, parent: str) -> Rule:
+        """The rule of a name below ``parent`` that has no rule of its own: the longest
+        ``.suffix`` rule covering it, else the default."""
+        return _most_specific(self.domains, "." + parent) or self.default
+
     def exemption_for(self, domain: str) -> tuple[str, Exemption] | None:
         """The most specific ``policy.exceptions`` entry for ``domain``, with its key."""
         for key in _keys_for(domain):

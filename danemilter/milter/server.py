@@ -331,16 +331,9 @@ class MilterConnection(asyncio.Protocol):
             return
         self._closing = True
         self._queue.clear()
-        self._flush_before_close()
-
-    def _flush_before_close(self) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        if self._out and not transport.is_closing():
-            transport.write(b"".join(self._out))
-            self._out.clear()
-        transport.close()
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:

@@ -252,8 +252,9 @@ class Session:
             service = self._ref.get().service
             status = service.cached_status(domain)
             if status is not None and not wants_probe(status, rule):
-                sts = service.cached_sts(domain) if wants_sts(status, rule) else None
-                if sts is not None or not wants_sts(status, rule):
+                needs_sts = wants_sts(status, rule)
+                sts = service.cached_sts(domain) if needs_sts else None
+                if sts is not None or not needs_sts:
                     return self._apply(recipient, memo.decision(status, rule, sts))
             # The one place a recipient's deadline is made: the lookup, the probe and
             # the transport's wait all share it.

@@ -90,19 +90,10 @@ def _for_parent(settings: Settings, parent: str) -> TlsPolicy:
     if settings.skips("x" + under):
         return TlsPolicy.NONE
     # The rule of a subdomain that has none of its own: the suffix rules, then default.
-    rule = _suffix_rule(settings, parent)
+    rule = settings.policy.rule_below(parent)
     if rule.dane is DaneMode.OFF:
         return TlsPolicy.NONE
     return TlsPolicy.DANE_ONLY if rule.dane is DaneMode.REQUIRE else TlsPolicy.DANE
-
-
-def _suffix_rule(settings: Settings, parent: str) -> Rule:
-    labels = parent.split(".")
-    for i in range(len(labels)):
-        rule = settings.policy.domains.get("." + ".".join(labels[i:]))
-        if rule is not None:
-            return rule
-    return settings.policy.default
 
 
 @dataclass(frozen=True, slots=True)

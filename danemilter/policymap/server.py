@@ -24,7 +24,7 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from danemilter.config.model import DaneMode, ErrorAction, MilterLimits
+from danemilter.config.model import DaneMode, ErrorAction, MilterLimits, Rule
 from danemilter.deadline import Deadline
 from danemilter.errors import InputError
 from danemilter.metrics import METRICS
@@ -192,12 +192,11 @@ class PolicyServer:
         rule = settings.policy.rule_for(domain)
         if settings.skips(domain) or rule.dane is DaneMode.OFF:
             return answers.rcpt_line(settings, None, TlsPolicy.NONE).encode()
-        return self._rcpt(runtime, domain, tls)
+        return self._rcpt(runtime, domain, rule, tls)
 
-    async def _rcpt(self, runtime: Runtime, domain: str,
+    async def _rcpt(self, runtime: Runtime, domain: str, rule: Rule,
                     tls: TlsPolicy | NeedsStatus) -> bytes:
         settings = runtime.settings
-        rule = settings.policy.rule_for(domain)
         # The same deadline and decision path as the milter's RCPT (Session.rcpt).
         deadline = Deadline.after(settings.deadline)
         service = runtime.service
