@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
-from danemilter.cache.backend import CacheBackend, read_fresh
+from danemilter.cache.backend import CacheBackend, read_fresh, written_ahead
 from danemilter.cache.lru import ExpiringLru
 from danemilter.mtasts import MAX_AGE_LIMIT, CachedPolicy, StsError, StsStatus, parse_policy
 
@@ -37,19 +38,31 @@ class StsCache:
     def keep_verdict(self, status: StsStatus, until: float) -> None:
         self._verdicts.put(status.domain, (status, until))
 
-    def policy(self, domain: str, now: float) -> CachedPolicy | None:
+    def policy(self, domain: str, now: float, *, drop_corrupt: bool = True
+               ) -> CachedPolicy | None:
+        """The fresh cached policy of ``domain``, or None. A corrupt entry is a miss and
+        is deleted, unless ``drop_corrupt`` is False (``danemilter cache show``: looking
+        must change nothing, and the entry is evidence)."""
+        key = sts_key(domain)
         # No policy lives longer than a year (§3.2), whatever the clock did since.
-        found = read_fresh(self.backend, sts_key(domain), now, MAX_AGE_LIMIT)
+        found = read_fresh(self.backend, key, now, MAX_AGE_LIMIT)
         if found is None:
             return None
         try:
-            document = json.loads(found[0])
-            return CachedPolicy(parse_policy(document["policy"]), str(document["id"]),
-                                float(document["fetched_at"]))
+            cached = _decode(found[0])
         except (ValueError, KeyError, TypeError, StsError) as exc:
-            log.warning("dropping a corrupt cached MTA-STS policy of %s: %s", domain, exc)
-            self.backend.delete(sts_key(domain))
+            log.warning("%s a corrupt cached MTA-STS policy of %s: %s",
+                        "dropping" if drop_corrupt else "leaving", domain, exc)
+            if drop_corrupt:
+                self.backend.delete(key)
             return None
+        if written_ahead(cached.fetched_at, now):
+            # Fetched before this clock was stepped back: its age, hence whether its
+            # max_age has passed, is unknown (issue 16). A re-fetch replaces it.
+            log.info("cached MTA-STS policy of %s was fetched in the future (%.0f s "
+                     "ahead): stale", domain, cached.fetched_at - now)
+            return None
+        return cached
 
     def store(self, domain: str, cached: CachedPolicy) -> None:
         value = json.dumps({"policy": cached.policy.to_text(), "id": cached.id,
@@ -58,3 +71,13 @@ class StsCache:
 
     def forget(self, domain: str | None = None) -> None:
         self._verdicts.discard(domain)
+
+
+def _decode(value: bytes) -> CachedPolicy:
+    document = json.loads(value)
+    text, fetched_at = document["policy"], float(document["fetched_at"])
+    if not isinstance(text, str):
+        raise TypeError(f"policy is a {type(text).__name__}, not text")
+    if not math.isfinite(fetched_at):
+        raise ValueError(f"fetched_at {fetched_at} is not a time")
+    return CachedPolicy(parse_policy(text), str(document["id"]), fetched_at)
