@@ -7,7 +7,7 @@ checked is a :class:`~danemilter.errors.CertificateError`, never a cryptography 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import AuthorityInformationAccessOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from danemilter.errors import CertificateError
 
@@ -274,3 +274,48 @@ def must_staple(cert: x509.Certificate) -> bool:
     except (x509.ExtensionNotFound, ValueError):
         return False
     return any(int(f.value) == _TLS_FEATURE_STATUS_REQUEST for f in feature)
+
+
+def name_problem(leaf: x509.Certificate, names: Sequence[str]) -> str | None:
+    """Why the leaf is valid for none of ``names`` (RFC 6125 as OpenSSL's X509_check_host
+    with Postfix's flags does it), or None when it is valid for one."""
+    presented = presented_names(leaf)
+    if any(name_matches(p, r) for p in presented for r in names):
+        return None
+    shown = ", ".join(presented) if presented else "(none)"
+    wanted = ", ".join(names) if names else "(none given)"
+    return f"name mismatch: certificate names {shown} do not match {wanted}"
+
+
+def presented_names(cert: x509.Certificate) -> list[str]:
+    """DNS-IDs, or the subject CNs when there are none (RFC 6125 §6.4.4)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns_names = []
+    except ValueError:
+        return []  # unparsable extensions: claim nothing rather than guess
+    if dns_names:
+        return dns_names
+    return [
+        attribute.value
+        for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if isinstance(attribute.value, str)
+    ]
+
+
+def name_matches(presented: str, reference: str) -> bool:
+    """RFC 6125 §6.4.3, restricted to a whole leftmost ``*`` label matching one label."""
+    presented = presented.lower().removesuffix(".")
+    reference = reference.lower().removesuffix(".")
+    if not presented or not reference:
+        return False
+    if "*" not in presented:
+        return presented == reference
+    wild, _, rest = presented.partition(".")
+    # A wildcard needs at least two labels after it: "*.com" would cover a whole TLD.
+    if wild != "*" or "*" in rest or rest.count(".") < 1:
+        return False
+    first, dot, reference_rest = reference.partition(".")
+    return bool(first) and bool(dot) and reference_rest == rest

@@ -41,6 +41,15 @@ class OcspState(StrEnum):
     NOT_REQUESTED = "not-requested"
 
 
+class PkixVerdict(StrEnum):
+    """A probe's ``pkix``: whether the chain is valid under PKIX for the MX host name, as
+    an MTA-STS sender checks it (RFC 8461 §4.2); judged for hosts without DANE only."""
+
+    VERIFIED = "verified"
+    FAILED = "failed"
+    NOT_CHECKED = "not-checked"
+
+
 # OCSP verdict reasons that mean "was a proof once, has lapsed" rather than "never was".
 _STALE_REASONS = frozenset({"expired", "too-old"})
 
@@ -157,6 +166,28 @@ def judge_staple(staple: bytes | None, chain: Sequence[x509.Certificate],
     if verdict.reason in _STALE_REASONS:
         return OcspState.STALE, verdict.detail
     return OcspState.INVALID, f"{verdict.reason}: {verdict.detail}"
+
+
+def judge_pkix(chain: Sequence[x509.Certificate], chain_error: str | None,
+               name: str | None) -> tuple[PkixVerdict, str]:
+    """RFC 8461 §4.2: the chain must lead to a trusted root and the leaf must be valid for
+    the MX host ``name`` (wildcards as RFC 6125 §6.4.3 has them, leftmost label only).
+
+    ``chain_error``: OpenSSL's first complaint about the presented chain against the
+    trust store, with the purpose an SMTP client checks (``ssl_server``), None when it
+    found a path to a trusted root: the chain part is exactly what Postfix's ``secure``
+    level computes. ``name`` None: not to be checked (a DANE host).
+    """
+    if name is None:
+        return PkixVerdict.NOT_CHECKED, "DANE host: not judged by PKIX"
+    if not chain:
+        return PkixVerdict.FAILED, "the server presented no certificate"
+    if chain_error is not None:
+        return PkixVerdict.FAILED, chain_error
+    problem = certs.name_problem(chain[0], (name,))
+    if problem is not None:
+        return PkixVerdict.FAILED, problem
+    return PkixVerdict.VERIFIED, f"chain valid under PKIX for {name.lower().rstrip('.')}"
 
 
 def judge(chain: Sequence[x509.Certificate], records: Sequence[TLSARecord],

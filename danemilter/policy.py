@@ -5,8 +5,9 @@ SMTP replies follow DESIGN.md "Milter behaviour" (RFC 3463 / RFC 7505 codes):
 * lookups failed: MX 451 4.4.3, TLSA or address 450 4.7.5 (``on_error`` decides
   whether to defer at all);
 * DANE required but absent: 450 4.7.4 (defer) or 550 5.7.4 (reject);
-* the MX certificate matches no TLSA record, or its staple is revoked or invalid
-  (probe): 450 4.7.5 / 550 5.7.5; OCSP required but no valid staple: 450 4.7.4 / 550 5.7.4;
+* the MX certificate matches no TLSA record, or fails PKIX where an enforce-mode
+  MTA-STS policy names the host, or its staple is revoked or invalid (probe):
+  450 4.7.5 / 550 5.7.5; OCSP required but no valid staple: 450 4.7.4 / 550 5.7.4;
 * the domain cannot receive mail at all: 556 5.1.10 (null MX), 550 5.1.2 (NXDOMAIN).
 """
 
@@ -31,7 +32,7 @@ from danemilter.config.model import (
     TlsRequirement,
 )
 from danemilter.deadline import Deadline
-from danemilter.judge import OcspState
+from danemilter.judge import OcspState, PkixVerdict
 from danemilter.mtasts import StsState, StsStatus
 from danemilter.probe_result import DomainProbe, OcspRequest, ProbeResult
 from danemilter.status import DomainState, DomainStatus, HostState
@@ -122,12 +123,15 @@ _PROBED_STATES = frozenset({DomainState.DANE, DomainState.PARTIAL, DomainState.N
                             DomainState.UNUSABLE_TLSA})
 
 
-def wants_probe(status: DomainStatus, rule: Rule) -> bool:
-    """Whether a probe can change this decision: DANE hosts can mismatch, and OCSP
-    rules look at every host's staple. Domains without deliverable hosts are not probed."""
+def wants_probe(status: DomainStatus, rule: Rule, sts: StsStatus | None = None) -> bool:
+    """Whether a probe can change this decision: DANE hosts can mismatch, the MX hosts
+    of an enforce-mode MTA-STS policy can fail PKIX (RFC 8461 §4.2), and OCSP rules look
+    at every host's staple. Domains without deliverable hosts are not probed."""
     if rule.probe is ProbeMode.OFF or status.status not in _PROBED_STATES:
         return False
     if status.status in (DomainState.DANE, DomainState.PARTIAL):
+        return True
+    if sts is not None and sts.enforced:
         return True
     return rule.ocsp is not OcspMode.OFF
 
@@ -158,21 +162,24 @@ async def decide_domain(lookups: Lookups, domain: str, rule: Rule, settings: Set
                         deadline: Deadline
                         ) -> tuple[Decision, DomainStatus, StsStatus | None]:
     """The one decision path for a recipient domain, whichever front end asks (the
-    milter's RCPT, Exim's line on the policy socket): its status, then probes where they
-    can change the verdict, then MTA-STS where DANE does not decide (RFC 8461 §2), all
-    under one ``deadline``. Returns the status and MTA-STS side it was made from."""
+    milter's RCPT, Exim's line on the policy socket): its status, then MTA-STS where DANE
+    does not decide (RFC 8461 §2), then probes where they can change the verdict (the
+    policy says whether its MX certificates must pass PKIX), all under one ``deadline``.
+    Returns the status and MTA-STS side it was made from."""
     status = await lookups.status(domain, deadline)
+    sts = await lookups.sts(domain, deadline) if wants_sts(status, rule) else None
     probes = None
-    if wants_probe(status, rule):
+    if wants_probe(status, rule, sts):
         probe = await lookups.probe(status, rule, settings.probe, deadline)
         if probe is not None:
             status = probe.status
-            probes = [result for host in probe.probes for result in host]
-    sts = await lookups.sts(domain, deadline) if wants_sts(status, rule) else None
+            probes = probe.probes
+            if not wants_sts(status, rule):
+                sts = None  # a probe showed a DANE mismatch: DANE decides after all
     return decide(status, rule, settings.on_error, probes, sts), status, sts
 
 
-def _ocsp_state(rule: Rule, status: DomainStatus, probes: Sequence[ProbeResult] | None) -> str:
+def _ocsp_state(rule: Rule, status: DomainStatus, probes: Sequence[ProbeResult]) -> str:
     if rule.ocsp is OcspMode.OFF:
         return "off"
     summary = ocsp_summary(probes) if probes else None
@@ -184,7 +191,7 @@ def _ocsp_state(rule: Rule, status: DomainStatus, probes: Sequence[ProbeResult] 
     return "unknown"  # no probe has reached these MX hosts
 
 
-def _ocsp_problem(rule: Rule, probes: Sequence[ProbeResult] | None) -> tuple[bool, str] | None:
+def _ocsp_problem(rule: Rule, probes: Sequence[ProbeResult]) -> tuple[bool, str] | None:
     """(bad staple?, why) when the rule enforces OCSP and a probe falls short.
 
     ``require`` enforces only for certificates that carry an OCSP URL or must-staple
@@ -204,32 +211,55 @@ def _ocsp_problem(rule: Rule, probes: Sequence[ProbeResult] | None) -> tuple[boo
     return None
 
 
-def _sts_problem(status: DomainStatus, sts: StsStatus | None) -> tuple[bool, str] | None:
-    """(transient?, why) when MTA-STS does not give a domain without DANE authenticated
-    TLS: no enforce-mode policy (§5: ``testing`` never refuses, so never satisfies
-    either), or no MX host that DANE does not cover matching the policy (§4.1)."""
+class _StsShort(StrEnum):
+    """How MTA-STS falls short of authenticated TLS for a domain without DANE."""
+
+    TRANSIENT = "transient"      # no verdict yet: defer (or on_error)
+    LACKING = "lacking"          # no enforce-mode policy naming an MX host: 4.7.4
+    CERTIFICATE = "certificate"  # a named MX host's certificate fails PKIX: 4.7.5
+
+
+def _sts_problem(status: DomainStatus, sts: StsStatus | None,
+                 probes: Sequence[Sequence[ProbeResult]] | None
+                 ) -> tuple[_StsShort, str] | None:
+    """Why MTA-STS does not give a domain without DANE authenticated TLS, if it does not:
+    no enforce-mode policy (§5: ``testing`` never refuses, so never satisfies either), no
+    MX host that DANE does not cover matching the policy (§4.1), or (probes) one that
+    matches but presents a chain invalid under PKIX for its name (§4.2). As with a DANE
+    mismatch, one such host is enough: delivery to it fails whenever it is chosen. A
+    probe that reached no TLS proves nothing either way."""
     if sts is None or sts.state is StsState.TEMPFAIL:
-        return True, sts.reason if sts is not None else "MTA-STS not looked up"
+        return _StsShort.TRANSIENT, sts.reason if sts is not None else "MTA-STS not looked up"
     if not sts.enforced or sts.policy is None:
-        return False, f"no usable DANE records (status {status.status}) and MTA-STS is {sts.state}"
-    others = [h for h in status.hosts if h.deliverable and h.tlsa_state is not HostState.DANE]
-    if others and not any(sts.policy.matches(h.name) for h in others):
-        return False, (f"no MX host matches the MTA-STS policy "
-                       f"(mx: {', '.join(sts.policy.mx)})")
+        return (_StsShort.LACKING,
+                f"no usable DANE records (status {status.status}) and MTA-STS is {sts.state}")
+    others = [i for i, h in enumerate(status.hosts)
+              if h.deliverable and h.tlsa_state is not HostState.DANE]
+    named = [i for i in others if sts.policy.matches(status.hosts[i].name)]
+    if others and not named:
+        return _StsShort.LACKING, (f"no MX host matches the MTA-STS policy "
+                                   f"(mx: {', '.join(sts.policy.mx)})")
+    for index in named:
+        for result in probes[index] if probes is not None and index < len(probes) else ():
+            if result.pkix is PkixVerdict.FAILED:
+                return _StsShort.CERTIFICATE, (
+                    f"MX host {status.hosts[index].name} [{result.address}] fails the "
+                    f"MTA-STS certificate check: {result.pkix_reason}")
     return None
 
 
 def decide(status: DomainStatus, rule: Rule, on_error: ErrorAction,
-           probes: Sequence[ProbeResult] | None = None,
+           probes: Sequence[Sequence[ProbeResult]] | None = None,
            sts: StsStatus | None = None) -> Decision:
     """The verdict for one recipient of ``status.domain`` under ``rule``.
 
-    ``probes``: TLS probe results for the domain's MX addresses, when the rule uses them
-    (``status`` is then the probe's, ``dane-mismatch`` when a certificate matched none
-    of its TLSA records).
+    ``probes``: TLS probe results for the domain's MX addresses when the rule uses them,
+    ``probes[i]`` those of ``status.hosts[i]`` (``status`` is then the probe's,
+    ``dane-mismatch`` when a certificate matched none of its TLSA records).
     """
     domain = status.domain
-    ocsp = _ocsp_state(rule, status, probes)
+    probed = [result for host in probes for result in host] if probes is not None else []
+    ocsp = _ocsp_state(rule, status, probed)
 
     def make(action: Action, reply: Reply | None, reason: str) -> Decision:
         if reply is not None and rule.reply is not None:
@@ -296,18 +326,21 @@ def decide(status: DomainStatus, rule: Rule, on_error: ErrorAction,
     if rule.tls is TlsRequirement.AUTHENTICATED and state is not DomainState.DANE:
         if state is DomainState.TEMPFAIL:
             return lookup_failed()
-        sts_problem = _sts_problem(status, sts)
+        sts_problem = _sts_problem(status, sts, probes)
         if sts_problem is not None:
-            transient, why = sts_problem
-            if not transient:
+            short, why = sts_problem
+            if short is _StsShort.LACKING:
                 return fail(Reply(450, "4.7.4", f"Recipient domain {domain} cannot be "
                                   f"reached with authenticated TLS: {why}"), why)
+            if short is _StsShort.CERTIFICATE:
+                return fail(Reply(450, "4.7.5", f"TLS certificate of an MX host of {domain} "
+                                  "fails the MTA-STS (PKIX) check"), why)
             if on_error is ErrorAction.ACCEPT:
                 return make(Action.ACCEPT, None, why)
             return make(Action.DEFER, Reply(450, "4.7.5", f"MTA-STS policy of {domain} "
                                             "could not be fetched, try again later"), why)
 
-    problem = _ocsp_problem(rule, probes)
+    problem = _ocsp_problem(rule, probed)
     if problem is not None:
         bad, why = problem
         if bad:

@@ -35,11 +35,17 @@ from typing import Any
 from cryptography import x509
 from OpenSSL import SSL
 
+# pyOpenSSL's binding of the OpenSSL it links (private, but pyOpenSSL's own X509 errors
+# take their texts from it too): X509_verify_cert_error_string.
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
 from danemilter.deadline import Deadline
 from danemilter.judge import (
     DaneVerdict,
     OcspState,
     judge,
+    judge_pkix,
     reference_names,
 )
 from danemilter.probe_result import (
@@ -162,22 +168,79 @@ class _Handshake:
     chain: tuple[x509.Certificate, ...]
     version: str
     staple: bytes | None
+    chain_error: str | None
+
+
+class _Findings:
+    """What OpenSSL's callbacks saw during one handshake (the connection's app data)."""
+
+    __slots__ = ("chain_error", "staples")
+
+    def __init__(self) -> None:
+        self.staples: list[bytes] = []
+        self.chain_error: str | None = None
+
+
+def _note_staple(conn: SSL.Connection, data: bytes, _userdata: Any) -> bool:
+    conn.get_app_data().staples.append(bytes(data))
+    return True  # judged later; never abort the handshake here
+
+
+def _note_chain_error(conn: SSL.Connection, cert: Any, errnum: int, depth: int,
+                      ok: int) -> bool:
+    # Postfix's verify callback does the same: note the first complaint, go on, and
+    # decide after the handshake. Returning True keeps OpenSSL building the path.
+    findings: _Findings = conn.get_app_data()
+    if not ok and findings.chain_error is None:
+        findings.chain_error = f"{_verify_error(errnum)} (depth {depth})"
+    return True
+
+
+class _Contexts:
+    """One TLS client context per trust store: loading a CA bundle costs ~7 ms, which
+    every probe would otherwise pay. Contexts are configured once, then only used."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._contexts: dict[str | None, tuple[SSL.Context, str | None]] = {}
+
+    def get(self, ca_file: str | None) -> tuple[SSL.Context, str | None]:
+        """The context, and why its trust store is unusable (None: it is usable)."""
+        with self._lock:
+            found = self._contexts.get(ca_file)
+            if found is None:
+                found = self._contexts[ca_file] = _make_context(ca_file)
+            return found
+
+
+def _make_context(ca_file: str | None) -> tuple[SSL.Context, str | None]:
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    # Judged by danemilter.judge, never by OpenSSL: VERIFY_NONE completes every
+    # handshake, and the callback records OpenSSL's PKIX verdict for MTA-STS hosts.
+    context.set_verify(SSL.VERIFY_NONE, _note_chain_error)
+    context.set_cipher_list(_CIPHERS)
+    context.set_ocsp_client_callback(_note_staple)
+    problem = None
+    try:
+        if ca_file is None:
+            context.set_default_verify_paths()
+        else:
+            context.load_verify_locations(ca_file)
+    except SSL.Error as exc:
+        problem = f"trust store {ca_file or 'of the system'} unusable: {_ssl_reason(exc)}"
+        log.warning("TLS probes: %s; no MX certificate passes PKIX", problem)
+    return context, problem
+
+
+_contexts = _Contexts()
 
 
 def _tls(sock: socket.socket, sni: str | None, request_staple: bool,
-         deadline: float) -> _Handshake:
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    context.set_verify(SSL.VERIFY_NONE)  # judged by danemilter.judge, never by OpenSSL
-    context.set_cipher_list(_CIPHERS)
-    staples: list[bytes] = []
-
-    def record_staple(_conn: SSL.Connection, data: bytes, _userdata: Any) -> bool:
-        staples.append(bytes(data))
-        return True  # judged later; never abort the handshake here
-
-    if request_staple:
-        context.set_ocsp_client_callback(record_staple)
+         deadline: float, ca_file: str | None) -> _Handshake:
+    context, trust_problem = _contexts.get(ca_file)
+    findings = _Findings()
     conn = SSL.Connection(context, sock)
+    conn.set_app_data(findings)
     if sni:
         conn.set_tlsext_host_name(sni.encode("ascii"))
     if request_staple:
@@ -195,19 +258,31 @@ def _tls(sock: socket.socket, sni: str | None, request_staple: bool,
                 _wait(sock, deadline, readable=False)
         chain = tuple(conn.get_peer_cert_chain(as_cryptography=True) or ())
         version = conn.get_protocol_version_name()
-        staple = (staples[-1] if staples else b"") if request_staple else None
+        staple = (findings.staples[-1] if findings.staples else b"") if request_staple \
+            else None
         try:
             # Best effort, never waited for: the socket is non-blocking.
             conn.send(b"QUIT\r\n")
             conn.shutdown()
         except (SSL.Error, OSError):
             pass
-        return _Handshake(chain, version, staple)
+        return _Handshake(chain, version, staple, trust_problem or findings.chain_error)
     except SSL.SysCallError as exc:
         raise _Failure(Stage.HANDSHAKE, f"TLS handshake failed: connection error {exc.args}") \
             from None
     except SSL.Error as exc:
         raise _Failure(Stage.HANDSHAKE, f"TLS handshake failed: {_ssl_reason(exc)}") from None
+
+
+def _verify_error(errnum: int) -> str:
+    """OpenSSL's own text for X509_V_ERR ``errnum``, as Postfix logs it. Texts change
+    between OpenSSL versions (3.5 says "unsuitable certificate purpose" where 3.0 says
+    "unsupported"), so they come from the library that did the verification."""
+    try:
+        text = _ffi.string(_lib.X509_verify_cert_error_string(errnum))
+    except (AttributeError, TypeError):  # a binding without it: the number still says
+        return f"certificate verification error {errnum}"
+    return text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
 
 
 def _ssl_reason(exc: SSL.Error) -> str:
@@ -230,11 +305,14 @@ def probe_host(
     helo: str,
     allow_private: bool = False,
     deadline: float | None = None,
+    ca_file: str | None = None,
 ) -> ProbeResult:
     """Probe ``address`` of MX ``host``; never raises for network trouble.
 
     ``names``: reference identifiers for DANE-TA (``judge.reference_names``).
     ``now``: the instant certificates and staples are judged at.
+    ``ca_file``: the trust store for hosts without DANE (RFC 8461 §4.2), else the
+    system's.
     ``timeout`` bounds this probe; ``deadline`` (monotonic), when given, bounds it too:
     a probe that waited in the pool past it does not start.
     """
@@ -294,12 +372,14 @@ def probe_host(
                 # into the TLS session's replies.
                 raise _Failure(Stage.STARTTLS, "the server sent data after its STARTTLS reply")
             sni = host.tlsa_base or host.name
-            shake = _tls(sock, sni, request_staple, deadline)
+            shake = _tls(sock, sni, request_staple, deadline, ca_file)
     except _Failure as failure:
         return failed(failure.stage, failure.reason,
                       starttls=failure.stage in (Stage.STARTTLS, Stage.HANDSHAKE))
 
     verdict = judge(shake.chain, host.records if dane_host else (), names, shake.staple, now)
+    pkix, pkix_reason = judge_pkix(shake.chain, shake.chain_error,
+                                   None if dane_host else host.name)
     reason = verdict.dane_reason
     if verdict.dane == DaneVerdict.NOT_APPLICABLE:
         reason = f"TLS without DANE: {host.reason}"
@@ -308,7 +388,7 @@ def probe_host(
         dane=verdict.dane, depth=verdict.depth, ocsp=verdict.ocsp, reason=reason,
         ocsp_reason=verdict.ocsp_reason, ocsp_url=verdict.ocsp_url,
         must_staple=verdict.must_staple, failed_at=None,
-        seconds=time.monotonic() - began,
+        seconds=time.monotonic() - began, pkix=pkix, pkix_reason=pkix_reason,
     )
 
 
@@ -375,13 +455,15 @@ def probe_domains(
     allow_private: bool = False,
     concurrency: int = 16,
     ocsp: OcspRequest = OcspRequest.AUTO,
+    ca_file: str | None = None,
 ) -> list[DomainProbe]:
     """Probe every address of every deliverable host of ``statuses`` in the process's
     probe pool (one thread each: the TLS handshake is blocking I/O in OpenSSL), each
     probe bounded by ``timeout``."""
     pool = probe_pool(concurrency)
     futures = [((d, h), pool.submit(probe_host, port=port, timeout=timeout, now=now,
-                                    helo=helo, allow_private=allow_private, **job))
+                                    helo=helo, allow_private=allow_private,
+                                    ca_file=ca_file, **job))
                for d, h, job in _jobs(statuses, ocsp)]
     results: dict[tuple[int, int], list[ProbeResult]] = {}
     for key, future in futures:
@@ -391,7 +473,8 @@ def probe_domains(
 
 async def probe_within(status: DomainStatus, *, deadline: Deadline, port: int,
                        timeout: float, now: datetime, helo: str, allow_private: bool,
-                       concurrency: int, ocsp: OcspRequest) -> DomainProbe:
+                       concurrency: int, ocsp: OcspRequest,
+                       ca_file: str | None = None) -> DomainProbe:
     """Probe ``status``'s addresses in the process's pool, all of them together bounded by
     ``deadline``: an address whose probe has not ended by then (still queued behind
     other probes, or slow) counts as failed, and the answer comes in time anyway."""
@@ -401,7 +484,8 @@ async def probe_within(status: DomainStatus, *, deadline: Deadline, port: int,
     jobs = _jobs([status], ocsp)
     futures = [loop.run_in_executor(pool, functools.partial(
         probe_host, port=port, timeout=timeout, now=now, helo=helo,
-        allow_private=allow_private, deadline=end.at, **job)) for _, _, job in jobs]
+        allow_private=allow_private, deadline=end.at, ca_file=ca_file, **job))
+        for _, _, job in jobs]
     if futures:
         await asyncio.wait(futures, timeout=end.remaining())
     results: dict[tuple[int, int], list[ProbeResult]] = {}

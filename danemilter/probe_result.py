@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from danemilter.judge import DaneVerdict, OcspState, wants_staple
+from danemilter.judge import DaneVerdict, OcspState, PkixVerdict, wants_staple
 from danemilter.status import DomainState, DomainStatus, HostState, HostStatus
 
 
@@ -42,7 +42,9 @@ class ProbeResult:
     ``failed_at`` names the step that went wrong (``None`` when a handshake completed).
     ``dane``: ``verified``/``mismatch`` for a DANE host whose chain was judged,
     ``failed`` for a DANE host whose chain could not be obtained, ``not-applicable``
-    for a host without usable TLSA records.
+    for a host without usable TLSA records. ``pkix``: whether a host without DANE
+    presented a chain valid under PKIX for its name (RFC 8461 §4.2, what an MTA-STS
+    sender requires), ``not-checked`` for DANE hosts and where no handshake completed.
     """
 
     address: str
@@ -58,6 +60,8 @@ class ProbeResult:
     must_staple: bool = False
     failed_at: Stage | None = None
     seconds: float = 0.0
+    pkix: PkixVerdict = PkixVerdict.NOT_CHECKED
+    pkix_reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,8 @@ class ProbeResult:
             "must_staple": self.must_staple,
             "failed_at": self.failed_at,
             "seconds": round(self.seconds, 3),
+            "pkix": self.pkix,
+            "pkix_reason": self.pkix_reason,
         }
 
 

@@ -189,7 +189,8 @@ class Service:
                                    port=settings.port,
                                    timeout=settings.timeout, now=datetime.now(UTC),
                                    helo=settings.helo, allow_private=settings.allow_private,
-                                   concurrency=settings.concurrency, ocsp=ocsp)
+                                   concurrency=settings.concurrency, ocsp=ocsp,
+                                   ca_file=self.sts_settings.ca_file)
         METRICS.probe_seconds.observe(time.monotonic() - started)
         for host in probe.probes:
             for result in host:
@@ -216,7 +217,7 @@ class Service:
             probe_domains, [statuses[i] for i in missing], port=settings.port,
             timeout=settings.timeout, now=datetime.now(UTC), helo=settings.helo,
             allow_private=settings.allow_private, concurrency=settings.concurrency,
-            ocsp=ocsp)
+            ocsp=ocsp, ca_file=self.sts_settings.ca_file)
         for index, probe in zip(missing, probed, strict=True):
             found[index] = probe
             await self._store_probe(statuses[index], probe, settings, ocsp)

@@ -17,9 +17,16 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
-from danemilter.certs import children, issued_by, read_tlv, signed_by_key, spki_der
+from danemilter.certs import (
+    children,
+    issued_by,
+    name_problem,
+    read_tlv,
+    signed_by_key,
+    spki_der,
+)
 from danemilter.errors import CertificateError, InputError
 
 _ExtensionT = TypeVar("_ExtensionT", bound=x509.ExtensionType)
@@ -225,7 +232,7 @@ def _match_dane_ta(
     if trusted is None:
         return _untrusted(chain, ordered, count)
     depth, record, bare = trusted
-    problem = _chain_problem(path, bare) or _name_problem(path[0], names)
+    problem = _chain_problem(path, bare) or name_problem(path[0], names)
     if problem is not None:
         return MatchResult(False, depth, count, problem)
     failure = _signature_problem(path, bare, now)
@@ -578,49 +585,6 @@ def _validity_problem(cert: x509.Certificate, now: datetime, what: str) -> str |
     if now > cert.not_valid_after_utc:
         return f"{what} expired (notAfter {_stamp(cert.not_valid_after_utc)})"
     return None
-
-
-def _name_problem(leaf: x509.Certificate, names: Sequence[str]) -> str | None:
-    presented = _presented_names(leaf)
-    if any(_name_matches(p, r) for p in presented for r in names):
-        return None
-    shown = ", ".join(presented) if presented else "(none)"
-    wanted = ", ".join(names) if names else "(none given)"
-    return f"name mismatch: certificate names {shown} do not match {wanted}"
-
-
-def _presented_names(cert: x509.Certificate) -> list[str]:
-    """DNS-IDs, or the subject CNs when there are none (RFC 6125 §6.4.4)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns_names = san.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        dns_names = []
-    except ValueError:
-        return []  # unparsable extensions: claim nothing rather than guess
-    if dns_names:
-        return dns_names
-    return [
-        attribute.value
-        for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if isinstance(attribute.value, str)
-    ]
-
-
-def _name_matches(presented: str, reference: str) -> bool:
-    """RFC 6125 §6.4.3, restricted to a whole leftmost ``*`` label matching one label."""
-    presented = presented.lower().removesuffix(".")
-    reference = reference.lower().removesuffix(".")
-    if not presented or not reference:
-        return False
-    if "*" not in presented:
-        return presented == reference
-    wild, _, rest = presented.partition(".")
-    # A wildcard needs at least two labels after it: "*.com" would cover a whole TLD.
-    if wild != "*" or "*" in rest or rest.count(".") < 1:
-        return False
-    first, dot, reference_rest = reference.partition(".")
-    return bool(first) and bool(dot) and reference_rest == rest
 
 
 def _matches(cert: x509.Certificate, record: TLSARecord) -> bool:

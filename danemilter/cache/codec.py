@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from danemilter.errors import InputError
-from danemilter.judge import DaneVerdict, OcspState
+from danemilter.judge import DaneVerdict, OcspState, PkixVerdict
 from danemilter.probe_result import ProbeResult
 from danemilter.status import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.tlsa import TLSARecord
@@ -25,7 +25,7 @@ from danemilter.tlsa import TLSARecord
 VERSION = 2
 _MAX_BYTES = 1 << 20
 
-E = TypeVar("E", DomainState, HostState, DaneVerdict, OcspState)
+E = TypeVar("E", DomainState, HostState, DaneVerdict, OcspState, PkixVerdict)
 
 
 class CodecError(ValueError):
@@ -176,7 +176,7 @@ def _record(value: object) -> TLSARecord:
 
 # --- probe results ------------------------------------------------------------------
 #
-# A probe entry is ``{"v": 2, "stored_at": T, "port": N, "ocsp": "auto", "fingerprint":
+# A probe entry is ``{"v": 3, "stored_at": T, "port": N, "ocsp": "auto", "fingerprint":
 # HEX, "probes": [[{...}, ...], ...]}``: the results per MX host of one domain, and what
 # they were taken under (port, staple request, and a digest of the DNS data the probes
 # judged against, so that new TLSA records or addresses make the entry a miss).
@@ -184,7 +184,11 @@ def _record(value: object) -> TLSARecord:
 _STAGES = frozenset({"not-probed", "connect", "banner", "ehlo", "starttls", "handshake"})
 _OCSP_REQUESTS = frozenset({"auto", "always", "never"})
 _PROBE_KEYS = {"address", "port", "starttls", "tls_version", "dane", "depth", "ocsp",
-               "reason", "ocsp_reason", "ocsp_url", "must_staple", "failed_at", "seconds"}
+               "reason", "ocsp_reason", "ocsp_url", "must_staple", "failed_at", "seconds",
+               "pkix", "pkix_reason"}
+# Probe entries gained the PKIX verdict in version 3: an older entry is a miss (probes
+# are short-lived), not a probe whose certificate was never judged.
+PROBE_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +203,7 @@ class ProbeEntry:
 def encode_probes(probes: Sequence[Sequence[ProbeResult]], *, port: int, ocsp: str,
                   fingerprint: str, stored_at: float) -> bytes:
     document = {
-        "v": VERSION,
+        "v": PROBE_VERSION,
         "stored_at": stored_at,
         "port": port,
         "ocsp": ocsp,
@@ -216,6 +220,7 @@ def _probe_document(probe: ProbeResult) -> dict[str, Any]:
         "ocsp": probe.ocsp, "reason": probe.reason, "ocsp_reason": probe.ocsp_reason,
         "ocsp_url": probe.ocsp_url, "must_staple": probe.must_staple,
         "failed_at": probe.failed_at, "seconds": probe.seconds,
+        "pkix": probe.pkix, "pkix_reason": probe.pkix_reason,
     }
 
 
@@ -224,7 +229,7 @@ def decode_probes(data: bytes) -> ProbeEntry:
     document = _json(data)
     top = _object(document, {"v", "stored_at", "port", "ocsp", "fingerprint", "probes"},
                   "probe entry")
-    if top["v"] != VERSION or isinstance(top["v"], bool):
+    if top["v"] != PROBE_VERSION or isinstance(top["v"], bool):
         raise CodecError(f"unsupported entry version {top['v']!r}")
     hosts = top["probes"]
     if not isinstance(hosts, list) or not all(isinstance(h, list) for h in hosts):
@@ -259,6 +264,8 @@ def _probe(value: object) -> ProbeResult:
         failed_at=(None if failed_at is None
                    else _choice(failed_at, _STAGES, "failed_at")),  # type: ignore[arg-type]
         seconds=float(seconds),
+        pkix=_enum(PkixVerdict, doc["pkix"], "pkix verdict"),
+        pkix_reason=_string(doc["pkix_reason"], "pkix_reason"),
     )
 
 

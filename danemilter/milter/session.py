@@ -251,10 +251,10 @@ class Session:
                 return None
             service = self._ref.get().service
             status = service.cached_status(domain)
-            if status is not None and not wants_probe(status, rule):
+            if status is not None:
                 needs_sts = wants_sts(status, rule)
                 sts = service.cached_sts(domain) if needs_sts else None
-                if sts is not None or not needs_sts:
+                if (sts is not None or not needs_sts) and not wants_probe(status, rule, sts):
                     return self._apply(recipient, memo.decision(status, rule, sts))
             # The one place a recipient's deadline is made: the lookup, the probe and
             # the transport's wait all share it.

@@ -143,7 +143,8 @@ def test_ocsp_enforcement_from_probes(
     rule: Rule, probes: list[ProbeResult], action: Action, reply: tuple[int, str] | None,
     ocsp: str,
 ) -> None:
-    decision = decide(status(DomainState.DANE, usage=4), rule, T, probes)
+    # The probes of the domain's one MX host.
+    decision = decide(status(DomainState.DANE, usage=4, hosts=(HOST,)), rule, T, [probes])
     assert decision.action is action
     got = None if decision.reply is None else (decision.reply.code, decision.reply.xcode)
     assert got == reply
@@ -151,8 +152,8 @@ def test_ocsp_enforcement_from_probes(
 
 
 def test_mismatch_from_a_probe_under_require() -> None:
-    decision = decide(status(DomainState.DANE_MISMATCH, usage=8), REQ_DEFER, T,
-                      [probe("not-requested")])
+    decision = decide(status(DomainState.DANE_MISMATCH, usage=8, hosts=(HOST,)), REQ_DEFER, T,
+                      [[probe("not-requested")]])
     assert decision.reply is not None
     assert (decision.reply.code, decision.reply.xcode) == (450, "4.7.5")
     assert decision.header_value().startswith("example.test; status=dane-mismatch;")

@@ -15,6 +15,7 @@ from danemilter.cache import CacheSettings, MemoryBackend, ProbeCache, probe_key
 from danemilter.cache.codec import CodecError, decode_probes, encode_probes
 from danemilter.config import DaneMode, OcspMode, ProbeMode, Rule
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
+from danemilter.judge import PkixVerdict
 from danemilter.policy import staple_request, wants_probe
 from danemilter.probe import DomainProbe, ProbeResult
 from danemilter.tlsa import TLSARecord
@@ -50,7 +51,9 @@ def cache() -> ProbeCache:
 
 
 def test_codec_round_trip() -> None:
-    probes = ((result(), result("failed", "connect")),)
+    judged = replace(result("not-applicable"), pkix=PkixVerdict.FAILED,
+                     pkix_reason="certificate has expired (depth 0)")
+    probes = ((result(), result("failed", "connect"), judged),)
     data = encode_probes(probes, port=2525, ocsp="always", fingerprint="f" * 64, stored_at=NOW)
     entry = decode_probes(data)
     assert entry.probes == probes
@@ -64,7 +67,8 @@ def test_codec_round_trip() -> None:
     ("unknown stage", lambda d: d.replace(b'"connect"', b'"dns"')),
     ("extra key", lambda d: d.replace(b'{"address"', b'{"x":1,"address"', 1)),
     ("negative depth", lambda d: d.replace(b'"depth":0', b'"depth":-1')),
-    ("wrong version", lambda d: d.replace(b'"v":2', b'"v":1')),
+    ("version 2, before the PKIX verdict", lambda d: d.replace(b'"v":3', b'"v":2')),
+    ("unknown pkix verdict", lambda d: d.replace(b'"pkix":"not-checked"', b'"pkix":"ok"')),
     ("port as text", lambda d: d.replace(b'"port":25,"starttls"', b'"port":"25","starttls"')),
 ])
 def test_codec_rejects_what_is_not_an_entry(why: str, mangle: object) -> None:
