@@ -24,14 +24,15 @@ from danemilter import config
 from danemilter.config.model import BackendName
 from danemilter.deadline import Deadline
 from danemilter.errors import DanemilterError, UsageError
-from danemilter.mtasts import StsStatus
+from danemilter.judge import PkixVerdict
+from danemilter.mtasts import StsState, StsStatus
 from danemilter.names import normalize_domain
 from danemilter.policy import wants_sts
 from danemilter.probe_result import DomainProbe, OcspRequest, ProbeResult
 from danemilter.resolver import ResolverSettings
 from danemilter.resolver_check import check_resolver
 from danemilter.service import Service
-from danemilter.status import DomainState, DomainStatus
+from danemilter.status import DomainState, DomainStatus, HostState
 
 _DEFAULT_DEADLINE = 5.0
 _MAX_TIMEOUT = 3600.0  # every wait has a deadline: not inf, not nan
@@ -130,10 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     if args.nagios:
-        code = max(_NAGIOS_CODE[s.status] for s in statuses)
-        summary = ", ".join(f"{s.domain}={s.status}" for s in statuses)
-        print(f"DANE {_NAGIOS_WORD[code]} - {summary}")
-        return code
+        return _nagios([(DomainProbe(s, tuple(() for _ in s.hosts)), sts.get(s.domain))
+                        for s in statuses])
     for status in statuses:
         sys.stdout.write(describe(status) + _describe_sts(sts.get(status.domain)))
     return 0
@@ -258,31 +257,55 @@ def _report_probes(args: argparse.Namespace, probed: Sequence[DomainProbe],
         sys.stdout.write("\n")
         return 0
     if args.nagios:
-        verdicts = [nagios_verdict(p) for p in probed]
-        code = max(c for c, _ in verdicts)
-        summary = ", ".join(f"{p.status.domain}={p.status.status}" + (f" ({why})" if why else "")
-                            for p, (_, why) in zip(probed, verdicts, strict=True))
-        print(f"DANE {_NAGIOS_WORD[code]} - {summary}")
-        return code
+        return _nagios([(p, sts.get(p.status.domain)) for p in probed])
     for probe in probed:
         sys.stdout.write(describe_probe(probe) + _describe_sts(sts.get(probe.status.domain)))
     return 0
 
 
-def nagios_verdict(probe: DomainProbe) -> tuple[int, str]:
+def _nagios(domains: Sequence[tuple[DomainProbe, StsStatus | None]]) -> int:
+    """One monitoring-plugin line for every domain, and the worst code as exit status."""
+    verdicts = [nagios_verdict(probe, sts) for probe, sts in domains]
+    code = max(c for c, _ in verdicts)
+    summary = ", ".join(
+        f"{probe.status.domain}={probe.status.status}"
+        + (f" sts={sts.state}" if sts is not None else "") + (f" ({why})" if why else "")
+        for (probe, sts), (_, why) in zip(domains, verdicts, strict=True))
+    print(f"DANE {_NAGIOS_WORD[code]} - {summary}")
+    return code
+
+
+def nagios_verdict(probe: DomainProbe, sts: StsStatus | None = None) -> tuple[int, str]:
     """Monitoring code for one probed domain and what raised it above the DNS status.
 
     2: DNS status critical (none, tempfail, ...), a TLSA mismatch, a DANE host that could
-    not be checked, a revoked or invalid staple, or a must-staple certificate without a
-    good staple. 1: partial DANE, a stale staple, or no staple for a certificate that
-    names an OCSP responder (DESIGN.md: reported, not enforced).
+    not be checked, a revoked or invalid staple, a must-staple certificate without a
+    good staple, or (MTA-STS enforce, for a domain DANE does not decide) no MX host the
+    policy names or a named one whose certificate fails PKIX: MTA-STS senders refuse
+    to deliver there. 1: partial DANE, a stale staple, no staple for a certificate that
+    names an OCSP responder (DESIGN.md: reported, not enforced), or an MTA-STS policy
+    that is published but invalid or could not be fetched. The code stays DANE's
+    otherwise: ``none`` with an enforce-mode policy is still CRITICAL for DANE.
     """
-    code = _NAGIOS_CODE[probe.status.status]
+    status = probe.status
+    code = _NAGIOS_CODE[status.status]
     notes: list[str] = []
-    for host, results in zip(probe.status.hosts, probe.probes, strict=True):
+    enforced = sts.policy if sts is not None and sts.enforced else None
+    if sts is not None and sts.state in (StsState.INVALID, StsState.TEMPFAIL):
+        code = max(code, 1)
+        notes.append(f"MTA-STS {sts.state}: {sts.reason}")
+    others = [h for h in status.hosts if h.deliverable and h.tlsa_state is not HostState.DANE]
+    if enforced is not None and others and not any(enforced.matches(h.name) for h in others):
+        code = 2
+        notes.append(f"no MX host matches the MTA-STS policy (mx: {', '.join(enforced.mx)})")
+    for host, results in zip(status.hosts, probe.probes, strict=True):
+        named = (enforced is not None and host.tlsa_state is not HostState.DANE
+                 and enforced.matches(host.name))
         for result in results:
             where = f"{host.name} [{result.address}]"
             level, what = _probe_level(result)
+            if named and result.pkix is PkixVerdict.FAILED:
+                level, what = 2, f"MTA-STS certificate check failed: {result.pkix_reason}"
             if level:
                 notes.append(f"{where} {what}")
                 code = max(code, level)
@@ -342,8 +365,13 @@ def probe_line(result: ProbeResult) -> str:
         dane = f"DANE MISMATCH{at}"
     else:
         dane = "TLS without DANE"
+    pkix = ""
+    if result.pkix is PkixVerdict.VERIFIED:
+        pkix = "; PKIX verified"
+    elif result.pkix is PkixVerdict.FAILED:
+        pkix = f"; PKIX FAILED ({result.pkix_reason})"
     ocsp = f"OCSP {result.ocsp}"
     if result.ocsp not in ("good", "not-requested"):
         ocsp += f" ({result.ocsp_reason})"
     extra = " [must-staple]" if result.must_staple else ""
-    return f"{where}: {dane} over {result.tls_version}: {result.reason}; {ocsp}{extra}"
+    return f"{where}: {dane} over {result.tls_version}: {result.reason}{pkix}; {ocsp}{extra}"

@@ -13,19 +13,35 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from danemilter.config.model import CacheSettings, MtaStsSettings, ResolverSettings
+from danemilter.config.model import (
+    CacheSettings,
+    DaneMode,
+    FailAction,
+    MtaStsSettings,
+    ProbeMode,
+    ProbeSettings,
+    ResolverSettings,
+    Rule,
+    Settings,
+    TlsRequirement,
+)
 from danemilter.deadline import Deadline
 from danemilter.mtasts import CachedPolicy, StsMode, StsPolicy, StsState, StsStatus
+from danemilter.policy import Decision
 from danemilter.service import Service
 from tests.support.dnsbed import DnssecTestBed, Zone
 from tests.support.milterproc import MilterProcess
+from tests.support.pki import make_ca, make_leaf
+from tests.support.ports import free_port
 from tests.support.postfix import PrivatePostfix, SmtpSink
 from tests.support.socketmap import SocketmapClient
 from tests.support.sts_server import Served, StsServer
+from tests.support.tlsserver import SmtpTlsServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -63,6 +79,12 @@ ZONE = Zone("sts.test", records=(
     '_mta-sts.twotxt TXT "v=STSv1; id=x2"',
     *sts_domain("dane-sts", "v=STSv1; id=ds1", "127.0.0.72"),
     f"_25._tcp.mx.dane-sts TLSA 3 1 1 {DANE_DIGEST}",
+    # Enforce-mode domains whose MX hosts really answer (MX_SERVERS): their certificates
+    # are judged by PKIX under probe rules (RFC 8461 §4.2).
+    *sts_domain("good.pkix", "v=STSv1; id=pg1", "127.0.0.73"),
+    *sts_domain("name.pkix", "v=STSv1; id=pn1", "127.0.0.74"),
+    *sts_domain("untrusted.pkix", "v=STSv1; id=pu1", "127.0.0.75"),
+    *sts_domain("expired.pkix", "v=STSv1; id=px1", "127.0.0.76"),
 ))
 
 
@@ -81,13 +103,19 @@ ANSWERS = {
     host("nomatch"): Served(policy("enforce", "*.elsewhere.test")),
     host("twotxt"): Served(policy("enforce", "mx.twotxt.sts.test")),
     host("dane-sts"): Served(policy("enforce", "*.elsewhere.test")),
+    **{host(f"{label}.pkix"): Served(policy("enforce", f"mx.{label}.pkix.sts.test"))
+       for label in ("good", "name", "untrusted", "expired")},
 }
+# label -> (MX address, what its certificate is wrong about; None: nothing)
+MX_SERVERS = {"good": ("127.0.0.73", None), "name": ("127.0.0.74", "name"),
+              "untrusted": ("127.0.0.75", "issuer"), "expired": ("127.0.0.76", "dates")}
 
 
 @dataclass
 class World:
     bed: DnssecTestBed
     server: StsServer
+    smtp_port: int
 
     def settings(self) -> tuple[ResolverSettings, MtaStsSettings]:
         return (ResolverSettings("127.0.0.1", self.bed.resolver_port, 1.0),
@@ -105,9 +133,24 @@ def world() -> Iterator[World]:
     bed.start()
     server = StsServer(ANSWERS, wrong_cert=frozenset({host("wrongname")}))
     server.start()
+    smtp_port = free_port()
+    stranger = make_ca("a CA nobody trusts")
+    now = datetime.now(UTC)
+    mx_servers = []
     try:
-        yield World(bed, server)
+        for label, (address, wrong) in MX_SERVERS.items():
+            name = f"mx.{label}.pkix.sts.test"
+            leaf = make_leaf(stranger if wrong == "issuer" else server.ca,
+                             ["mx.someone-else.test" if wrong == "name" else name],
+                             *((now - timedelta(days=40), now - timedelta(days=1))
+                               if wrong == "dates" else ()))
+            mx = SmtpTlsServer(address, smtp_port, chain=[leaf.cert], key=leaf.key, name=name)
+            mx.start()
+            mx_servers.append(mx)
+        yield World(bed, server, smtp_port)
     finally:
+        for mx in mx_servers:
+            mx.stop()
         server.stop()
         bed.stop()
 
@@ -202,7 +245,10 @@ def daemon(world: World) -> Iterator[MilterProcess]:
         f"resolver: {{address: 127.0.0.1, port: {resolver.port}, timeout: 1}}\n"
         f"resolver_check: off\ndeadline: 8\n"
         f"mta_sts: {{port: {sts.port}, ca_file: {sts.ca_file}}}\n"
-        "policy:\n  default: {dane: try, tls: authenticated, on_fail: defer}\n")
+        f"probe: {{port: {world.smtp_port}, allow_private: true, timeout: 5}}\n"
+        "policy:\n  default: {dane: try, tls: authenticated, on_fail: defer}\n"
+        "  domains:\n"
+        "    .pkix.sts.test: {dane: try, tls: authenticated, probe: inline, on_fail: defer}\n")
     milter.start()
     try:
         yield milter
@@ -268,6 +314,25 @@ def test_authenticated_rule_through_postfix(postfix_stack: tuple[PrivatePostfix,
     ], headers
 
 
+def test_pkix_failures_defer_through_postfix(postfix_stack: tuple[PrivatePostfix, SmtpSink]
+                                             ) -> None:
+    postfix, sink = postfix_stack
+    marker = f"<pkix.{time.monotonic_ns()}@client.test>"
+    recipients = ["a@good.pkix.sts.test", "b@name.pkix.sts.test", "c@untrusted.pkix.sts.test"]
+    message = (f"Message-ID: {marker}\nFrom: alice@client.test\nTo: x@sts.test\n"
+               "Subject: pkix\n\nhello\n")
+    codes = [(r.code, r.text) for r in postfix.submit(recipients, message).replies]
+    assert codes[0][0] == 250, codes
+    for (code, text), domain in zip(codes[1:], ("name.pkix.sts.test",
+                                                "untrusted.pkix.sts.test"), strict=True):
+        assert code == 450, codes
+        assert text.startswith("4.7.5") and domain in text and "PKIX" in text, text
+    delivered = sink.wait_for_message(marker)
+    headers = [str(h).replace("\r\n", "").replace("\n", "") for h in delivered.get_all(HEADER)]
+    assert headers == ["good.pkix.sts.test; status=none; usage=0; ocsp=off; sts=enforce; "
+                       "action=accept"], headers
+
+
 def test_verify_json_shows_the_mta_sts_verdict_of_every_fixture(world: World,
                                                                 tmp_path: Path) -> None:
     resolver, sts = world.settings()
@@ -301,3 +366,108 @@ def test_cache_purge_forgets_a_domains_mta_sts_policy(world: World, tmp_path: Pa
         assert service.sts_cache.policy("enforce.sts.test", time.time()) is None
     finally:
         asyncio.run(service.aclose())
+
+
+# --- the MX certificates of enforce-mode domains (RFC 8461 §4.2) --------------------
+
+
+PROBING = Rule(DaneMode.TRY, tls=TlsRequirement.AUTHENTICATED, probe=ProbeMode.INLINE,
+               on_fail=FailAction.REJECT)
+
+
+def decide_for(world: World, *domains: str) -> list[Decision]:
+    resolver, sts = world.settings()
+    settings = Settings(resolver=resolver, mta_sts=sts,
+                        probe=ProbeSettings(port=world.smtp_port, allow_private=True,
+                                            timeout=5))
+    service = world.service()
+
+    async def run() -> list[Decision]:
+        try:
+            return [(await service.decision(d, PROBING, settings, Deadline.after(8)))[0]
+                    for d in domains]
+        finally:
+            await service.aclose()
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("label", "reply", "why"),
+    [
+        ("good", None, ""),
+        ("name", (550, "5.7.5"), "name mismatch: certificate names mx.someone-else.test do "
+                                 "not match mx.name.pkix.sts.test"),
+        ("untrusted", (550, "5.7.5"), "unable to get local issuer certificate"),
+        ("expired", (550, "5.7.5"), "certificate has expired"),
+    ],
+)
+def test_enforce_mode_mx_certificates_are_judged_by_pkix(world: World, label: str,
+                                                         reply: tuple[int, str] | None,
+                                                         why: str) -> None:
+    (decision,) = decide_for(world, f"{label}.pkix.sts.test")
+    got = None if decision.reply is None else (decision.reply.code, decision.reply.xcode)
+    assert got == reply, decision
+    assert decision.sts == "enforce"
+    if reply is None:
+        assert decision.action == "accept", decision
+    else:
+        assert f"MX host mx.{label}.pkix.sts.test [{MX_SERVERS[label][0]}] fails the " \
+               "MTA-STS certificate check" in decision.reason
+        assert why in decision.reason, decision.reason
+
+
+def test_verify_json_shows_each_probes_pkix_verdict(world: World, tmp_path: Path) -> None:
+    resolver, sts = world.settings()
+    config = tmp_path / "danemilter.yaml"
+    config.write_text(f"resolver: {{address: 127.0.0.1, port: {resolver.port}}}\n"
+                      f"mta_sts: {{port: {sts.port}, ca_file: {sts.ca_file}}}\n"
+                      f"probe: {{port: {world.smtp_port}, allow_private: true}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "danemilter", "verify", "--json", "--no-cache",
+         "--config", str(config), *(f"{label}.pkix.sts.test" for label in MX_SERVERS)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    got = {doc["domain"].split(".")[0]: (doc["sts"]["state"],
+                                         doc["hosts"][0]["probes"][0]["pkix"])
+           for doc in json.loads(result.stdout)}
+    assert got == {"good": ("enforce", "verified"), "name": ("enforce", "failed"),
+                   "untrusted": ("enforce", "failed"), "expired": ("enforce", "failed")}
+
+
+def verify(world: World, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    resolver, sts = world.settings()
+    config = tmp_path / "danemilter.yaml"
+    config.write_text(f"resolver: {{address: 127.0.0.1, port: {resolver.port}}}\n"
+                      f"mta_sts: {{port: {sts.port}, ca_file: {sts.ca_file}}}\n"
+                      f"probe: {{port: {world.smtp_port}, allow_private: true}}\n")
+    return subprocess.run([sys.executable, "-m", "danemilter", "verify", "--no-cache",
+                           "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("domain", "code", "line"),
+    [
+        ("good.pkix.sts.test", 2, "DANE CRITICAL - good.pkix.sts.test=none sts=enforce"),
+        ("name.pkix.sts.test", 2, "DANE CRITICAL - name.pkix.sts.test=none sts=enforce "
+         "(mx.name.pkix.sts.test [127.0.0.74] MTA-STS certificate check failed: name "
+         "mismatch"),
+        ("ctype.sts.test", 2, "DANE CRITICAL - ctype.sts.test=none sts=invalid (MTA-STS "
+         "invalid: mta-sts.ctype.sts.test: policy served as 'text/html'"),
+        ("dane-sts.sts.test", 2, "DANE CRITICAL - dane-sts.sts.test=dane ("),
+    ],
+)
+def test_verify_nagios_reports_mta_sts(world: World, tmp_path: Path, domain: str, code: int,
+                                       line: str) -> None:
+    result = verify(world, tmp_path, "--nagios", domain)
+    assert (result.returncode, result.stdout.startswith(line)) == (code, True), result.stdout
+    assert result.stdout.count("\n") == 1
+
+
+def test_verify_text_shows_the_pkix_verdict(world: World, tmp_path: Path) -> None:
+    result = verify(world, tmp_path, "good.pkix.sts.test", "untrusted.pkix.sts.test")
+    assert result.returncode == 0, result.stderr
+    assert "[127.0.0.73]:" in result.stdout and "; PKIX verified;" in result.stdout
+    assert "[127.0.0.75]:" in result.stdout
+    assert "PKIX FAILED (unable to get local issuer certificate" in result.stdout
+    assert "  MTA-STS: enforce: " in result.stdout

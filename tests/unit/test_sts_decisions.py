@@ -1,17 +1,19 @@
 """Decisions under ``tls: authenticated`` for domains DANE does not decide: the MTA-STS
 state, the policy's mx patterns and the probes' PKIX verdicts (RFC 8461 §4.1, §4.2, §5),
-row by row; and which domains a probe is asked for."""
+row by row; which domains a probe is asked for; and what ``verify --nagios`` makes of
+them."""
 
 from __future__ import annotations
 
 import pytest
 
+from danemilter.commands.verify import nagios_verdict
 from danemilter.config import DaneMode, ErrorAction, FailAction, OcspMode, ProbeMode, Rule
 from danemilter.config.model import TlsRequirement
 from danemilter.judge import DaneVerdict, OcspState, PkixVerdict
 from danemilter.mtasts import StsMode, StsPolicy, StsState, StsStatus
 from danemilter.policy import Action, decide, wants_probe
-from danemilter.probe_result import ProbeResult, Stage
+from danemilter.probe_result import DomainProbe, ProbeResult, Stage
 from danemilter.status import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.tlsa import TLSARecord
 
@@ -144,3 +146,32 @@ def test_pkix_verdicts_do_not_matter_without_the_authenticated_rule() -> None:
 def test_which_domains_are_probed(state: DomainState, rule: Rule, policy: StsStatus | None,
                                   expected: bool) -> None:
     assert wants_probe(status(MX1, state=state), rule, policy) is expected
+
+
+@pytest.mark.parametrize(
+    ("hosts", "policy", "probes", "code", "note"),
+    [
+        # DANE's code stands: "none" is CRITICAL for DANE whatever MTA-STS says...
+        ((MX1,), ENFORCE, ((pkix(OK),),), 2, ""),
+        ((MX1,), sts(None, state=StsState.INVALID), ((pkix(OK),),), 2, "MTA-STS invalid"),
+        # ... and MTA-STS trouble raises a partial domain's WARNING to what it costs.
+        ((DANE_MX, MX1), ENFORCE, ((), (pkix(OK),)), 1, ""),
+        ((DANE_MX, MX1), sts(None, state=StsState.TEMPFAIL), ((), ()), 1, "MTA-STS tempfail"),
+        ((DANE_MX, MX1), ENFORCE, ((), (pkix(FAIL),)), 2,
+         "mx1.example.net [192.0.2.1] MTA-STS certificate check failed: certificate has "
+         "expired"),
+        ((DANE_MX, OUTSIDE), ENFORCE, ((), ()), 2, "no MX host matches the MTA-STS policy"),
+        # A host outside the patterns is not used: its certificate is not MTA-STS's concern.
+        ((DANE_MX, MX1, OUTSIDE), ENFORCE, ((), (pkix(OK),), (pkix(FAIL, "192.0.2.3"),)), 1,
+         ""),
+    ],
+)
+def test_monitoring_reports_mta_sts(hosts: tuple[HostStatus, ...], policy: StsStatus,
+                                    probes: tuple[tuple[ProbeResult, ...], ...], code: int,
+                                    note: str) -> None:
+    state = DomainState.PARTIAL if DANE_MX in hosts else DomainState.NONE
+    got_code, notes = nagios_verdict(DomainProbe(status(*hosts, state=state), probes), policy)
+    assert got_code == code, notes
+    assert note in notes
+    if not note:
+        assert "MTA-STS" not in notes
