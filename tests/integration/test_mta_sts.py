@@ -417,15 +417,7 @@ def test_enforce_mode_mx_certificates_are_judged_by_pkix(world: World, label: st
 
 
 def test_verify_json_shows_each_probes_pkix_verdict(world: World, tmp_path: Path) -> None:
-    resolver, sts = world.settings()
-    config = tmp_path / "danemilter.yaml"
-    config.write_text(f"resolver: {{address: 127.0.0.1, port: {resolver.port}}}\n"
-                      f"mta_sts: {{port: {sts.port}, ca_file: {sts.ca_file}}}\n"
-                      f"probe: {{port: {world.smtp_port}, allow_private: true}}\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "danemilter", "verify", "--json", "--no-cache",
-         "--config", str(config), *(f"{label}.pkix.sts.test" for label in MX_SERVERS)],
-        capture_output=True, text=True, timeout=60, check=False)
+    result = verify(world, tmp_path, "--json", *(f"{label}.pkix.sts.test" for label in MX_SERVERS))
     assert result.returncode == 0, result.stderr
     got = {doc["domain"].split(".")[0]: (doc["sts"]["state"],
                                          doc["hosts"][0]["probes"][0]["pkix"])
