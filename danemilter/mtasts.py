@@ -205,6 +205,19 @@ class CachedPolicy:
         return now < self.expires_at
 
 
+# A cached policy is fetched again, in the background, once less than this part of its
+# max_age is left (at most a day before it expires): a domain still mailed to keeps a
+# policy in force without a recipient ever waiting for the fetch.
+REFRESH_FRACTION = 0.25
+REFRESH_AHEAD_LIMIT = 86_400.0
+
+
+def refresh_due(cached: CachedPolicy, now: float) -> bool:
+    """Whether a fresh cached policy is near enough its expiry to be fetched again."""
+    ahead = min(cached.policy.max_age * REFRESH_FRACTION, REFRESH_AHEAD_LIMIT)
+    return cached.fresh(now) and cached.expires_at - now < ahead
+
+
 def needs_fetch(txt_id: str | None, cached: CachedPolicy | None, now: float) -> bool:
     """§3.3/§5.1: fetch when the TXT record names a policy id and no fresh cached
     policy has that id."""

@@ -42,8 +42,15 @@ from danemilter.config.model import (
 from danemilter.dane import DomainEvaluator
 from danemilter.deadline import Deadline
 from danemilter.metrics import METRICS
-from danemilter.mtasts import CachedPolicy, StsState, StsStatus, needs_fetch, without_fetch
-from danemilter.mtasts_fetch import Discovery, discover, fetch_policy, tls_context
+from danemilter.mtasts import (
+    CachedPolicy,
+    StsState,
+    StsStatus,
+    needs_fetch,
+    refresh_due,
+    without_fetch,
+)
+from danemilter.mtasts_fetch import Discovery, FetchResult, discover, fetch_policy, tls_context
 from danemilter.policy import Decision, decide_domain, staple_request
 from danemilter.probe import probe_domains, probe_within
 from danemilter.probe_result import DomainProbe, OcspRequest
@@ -76,6 +83,8 @@ class Service:
         self.sts_settings = mta_sts or MtaStsSettings()
         self.sts_cache = StsCache(self.cache.backend, cache.lru_entries)
         self._sts_tls: ssl.SSLContext | None = None
+        # Background fetches of policies near their expiry, one per domain.
+        self.sts_refreshing: dict[str, asyncio.Task[None]] = {}
         # Set while the resolver fails its self-check under resolver_check: degrade
         # (why, in one line); every status is then resolver-not-validating.
         self.degraded: str | None = None
@@ -132,25 +141,20 @@ class Service:
             log.exception("reading the cached MTA-STS policy of %s failed", domain)
             cached = None
         now = time.time()
-        if txt.discovery is Discovery.FOUND and needs_fetch(txt.id, cached, now):
-            if self._sts_tls is None:
-                self._sts_tls = tls_context(self.sts_settings.ca_file)
-            fetched = await fetch_policy(self.resolver, domain, deadline,
-                                         context=self._sts_tls, port=self.sts_settings.port)
-            if fetched.policy is not None and txt.id is not None:
-                fresh = CachedPolicy(fetched.policy, txt.id, time.time())
-                try:
-                    await asyncio.to_thread(self.sts_cache.store, domain, fresh)
-                except Exception:
-                    log.exception("storing the MTA-STS policy of %s failed", domain)
+        if txt.discovery is Discovery.FOUND and txt.id is not None \
+                and needs_fetch(txt.id, cached, now):
+            fetched = await self._fetch(domain, txt.id, deadline)
+            if fetched.policy is not None:
                 status = StsStatus.of(domain, fetched.policy, txt.id, fetched.reason)
             else:
                 log.info("MTA-STS policy of %s not fetched: %s", domain, fetched.reason)
                 status = without_fetch(domain, False, fetched.reason, cached, now,
                                        transient=fetched.transient)
-        elif txt.discovery is Discovery.FOUND and cached is not None:
+        elif txt.discovery is Discovery.FOUND and txt.id is not None and cached is not None:
             status = StsStatus.of(domain, cached.policy, cached.id,
                                   f"cached policy, TXT id {cached.id} unchanged")
+            if refresh_due(cached, now):
+                self._refresh_sts(domain, txt.id, cached)
         else:
             status = without_fetch(domain, txt.discovery is Discovery.ABSENT, txt.reason,
                                    cached, now, transient=txt.discovery is Discovery.TEMPFAIL)
@@ -158,6 +162,46 @@ class Service:
         hold = _STS_RETRY if status.state is StsState.TEMPFAIL else _STS_VERDICT_LIFETIME
         self.sts_cache.keep_verdict(status, time.time() + hold)
         return status
+
+    async def _fetch(self, domain: str, txt_id: str, deadline: Deadline) -> FetchResult:
+        """The policy from the domain's HTTPS server, stored under ``txt_id`` when valid."""
+        if self._sts_tls is None:
+            self._sts_tls = tls_context(self.sts_settings.ca_file)
+        fetched = await fetch_policy(self.resolver, domain, deadline, context=self._sts_tls,
+                                     port=self.sts_settings.port)
+        if fetched.policy is not None:
+            fresh = CachedPolicy(fetched.policy, txt_id, time.time())
+            try:
+                await asyncio.to_thread(self.sts_cache.store, domain, fresh)
+            except Exception:
+                log.exception("storing the MTA-STS policy of %s failed", domain)
+        return fetched
+
+    def _refresh_sts(self, domain: str, txt_id: str, cached: CachedPolicy) -> None:
+        """Fetch a policy near its expiry again, without a recipient waiting for it; a
+        failure keeps the cached one in force until its expiry (§5.1)."""
+        if domain in self.sts_refreshing:
+            return
+
+        async def refresh() -> None:
+            try:
+                fetched = await self._fetch(domain, txt_id,
+                                            Deadline.after(self.sts_settings.timeout))
+            except Exception:
+                log.exception("refreshing the MTA-STS policy of %s failed", domain)
+                return
+            if fetched.policy is None:
+                log.info("refreshing the MTA-STS policy of %s failed (%s); the cached one "
+                         "stays in force until it expires in %.0f s", domain, fetched.reason,
+                         cached.expires_at - time.time())
+                return
+            self.sts_cache.keep_verdict(
+                StsStatus.of(domain, fetched.policy, txt_id, f"refreshed: {fetched.reason}"),
+                time.time() + _STS_VERDICT_LIFETIME)
+
+        task = asyncio.ensure_future(refresh())
+        self.sts_refreshing[domain] = task
+        task.add_done_callback(lambda _: self.sts_refreshing.pop(domain, None))
 
     async def probe(self, status: DomainStatus, rule: Rule, settings: ProbeSettings,
                     deadline: Deadline) -> DomainProbe | None:
@@ -238,6 +282,10 @@ class Service:
         self.probe_cache.forget()
 
     async def aclose(self) -> None:
+        refreshes = list(self.sts_refreshing.values())
+        for task in refreshes:
+            task.cancel()
+        await asyncio.gather(*refreshes, return_exceptions=True)
         await self.evaluator.aclose()
         await self.inflight.aclose()
         self.cache.close()  # quick, and no executor thread may outlive the service

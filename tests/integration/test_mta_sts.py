@@ -235,6 +235,55 @@ def test_a_cached_policy_outlives_its_txt_record_and_its_server(world: World,
     assert down.state is StsState.ENFORCE and "cached policy" in down.reason
 
 
+def test_a_policy_near_its_expiry_is_fetched_again_in_the_background(
+        world: World, tmp_path: Path) -> None:
+    settings = cached(tmp_path, "refresh")
+    service = world.service(settings)
+    # Same TXT id, a day's max_age with ten minutes left: the recipient gets the cached
+    # policy at once, and the refresh replaces it (the server now says enforce).
+    old = CachedPolicy(StsPolicy(StsMode.TESTING, 86400, ("mx.enforce.sts.test",)), "e1",
+                       time.time() - 86400 + 600)
+    service.sts_cache.store("enforce.sts.test", old)
+    before = len(world.server.requests)
+
+    async def run() -> tuple[StsStatus, StsStatus | None, CachedPolicy | None]:
+        try:
+            first = await service.sts("enforce.sts.test", Deadline.after(8))
+            await asyncio.gather(*service.sts_refreshing.values())
+            return (first, service.cached_sts("enforce.sts.test"),
+                    service.sts_cache.policy("enforce.sts.test", time.time()))
+        finally:
+            await service.aclose()
+
+    first, after, stored = asyncio.run(run())
+    assert first.state is StsState.TESTING and "unchanged" in first.reason
+    assert len(world.server.requests) == before + 1
+    assert after is not None and after.state is StsState.ENFORCE, after
+    assert "refreshed" in after.reason
+    assert stored is not None and stored.policy.mode is StsMode.ENFORCE
+    assert stored.expires_at > time.time() + 86000
+
+
+def test_a_failed_refresh_keeps_the_cached_policy(world: World, tmp_path: Path) -> None:
+    settings = cached(tmp_path, "refresh-down")
+    service = world.service(settings)
+    old = CachedPolicy(StsPolicy(StsMode.ENFORCE, 86400, ("mx.down.sts.test",)), "d1",
+                       time.time() - 86400 + 600)
+    service.sts_cache.store("down.sts.test", old)   # its HTTPS server does not answer
+
+    async def run() -> tuple[StsStatus, CachedPolicy | None]:
+        try:
+            answer = await service.sts("down.sts.test", Deadline.after(8))
+            await asyncio.gather(*service.sts_refreshing.values())
+            return answer, service.sts_cache.policy("down.sts.test", time.time())
+        finally:
+            await service.aclose()
+
+    answer, stored = asyncio.run(run())
+    assert answer.state is StsState.ENFORCE and "cached policy" in answer.reason
+    assert stored == old
+
+
 # --- through a real Postfix ---------------------------------------------------------
 
 

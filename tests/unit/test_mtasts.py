@@ -6,6 +6,7 @@ import pytest
 
 from danemilter.mtasts import (
     MAX_POLICY_OCTETS,
+    CachedPolicy,
     StsError,
     StsMode,
     StsPolicy,
@@ -14,6 +15,7 @@ from danemilter.mtasts import (
     mx_matches,
     parse_policy,
     parse_record,
+    refresh_due,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -126,3 +128,24 @@ def test_body_with_charset() -> None:
 )
 def test_mx_patterns(pattern: str, host: str, matches: bool) -> None:
     assert mx_matches(pattern, host) is matches
+
+
+DAY = 86_400
+
+
+@pytest.mark.parametrize(
+    ("max_age", "age", "due"),
+    [
+        (7 * DAY, 5 * DAY, False),
+        (7 * DAY, 6 * DAY - 1, False),   # a day ahead of expiry at most...
+        (7 * DAY, 6 * DAY + 1, True),
+        (DAY, DAY * 0.74, False),        # ... a quarter of a short max_age
+        (DAY, DAY * 0.76, True),
+        (DAY, DAY + 1, False),           # expired: a plain fetch, not a refresh
+        (0, 0, False),
+    ],
+)
+def test_refresh_ahead_of_expiry(max_age: int, age: float, due: bool) -> None:
+    cached = CachedPolicy(StsPolicy(StsMode.ENFORCE, max_age, ("mx.example.com",)), "id1",
+                          fetched_at=1_000_000.0)
+    assert refresh_due(cached, 1_000_000.0 + age) is due
