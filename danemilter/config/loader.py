@@ -217,8 +217,22 @@ def _mta_sts(loader: _Loader, node: yaml.Node) -> MtaStsSettings:
         if "timeout" in fields:
             values["timeout"] = loader.number(fields["timeout"][1], "mta_sts.timeout", 0.1, 60)
         if "ca_file" in fields:
-            values["ca_file"] = loader.string(fields["ca_file"][1], "mta_sts.ca_file")
+            values["ca_file"] = _ca_file(loader, fields["ca_file"][1])
     return replace(MtaStsSettings(), **values)  # type: ignore[arg-type]
+
+
+def _ca_file(loader: _Loader, node: yaml.Node) -> str:
+    """A PEM file with at least one certificate: one that is missing or unreadable would
+    otherwise fail every policy fetch and every PKIX check, silently, at run time."""
+    path = loader.string(node, "mta_sts.ca_file")
+    try:
+        data = read_regular_file(path)
+    except InputError as exc:
+        raise loader.error(node, f"mta_sts.ca_file: {exc}") from None
+    # OpenSSL parses it (a bundle may hold roots that cryptography would warn about).
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise loader.error(node, f"mta_sts.ca_file: {path} holds no PEM certificate")
+    return path
 
 
 def _listen(loader: _Loader, node: yaml.Node) -> str:

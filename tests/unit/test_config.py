@@ -16,6 +16,7 @@ from danemilter.config import (
     parse,
 )
 from danemilter.errors import ConfigError
+from tests.support.pki import make_ca
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -226,3 +227,27 @@ def test_transport_and_limit_errors_name_the_line(text: str, line: int, message:
     error = caught.value.errors[0]
     assert error.line == line
     assert message in str(error), str(error)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("/nonexistent/ca.pem", "mta_sts.ca_file: cannot read /nonexistent/ca.pem"),
+        ("{tmp}/empty.pem", "holds no PEM certificate"),
+        ("{tmp}", "not a regular file"),
+    ],
+)
+def test_an_unusable_mta_sts_ca_file_is_refused_with_its_line(
+        tmp_path: Path, value: str, message: str) -> None:
+    (tmp_path / "empty.pem").write_text("nothing here\n")
+    with pytest.raises(ConfigErrors) as caught:
+        parse(f"mta_sts:\n  port: 443\n  ca_file: {value.format(tmp=tmp_path)}\n", "c.yaml")
+    error = caught.value.errors[0]
+    assert error.line == 3
+    assert message in str(error), str(error)
+
+
+def test_a_pem_ca_file_is_taken(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(make_ca("config test CA").pem())
+    assert parse(f"mta_sts: {{ca_file: {ca}}}\n", "c.yaml").mta_sts.ca_file == str(ca)
