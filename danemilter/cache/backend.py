@@ -9,8 +9,13 @@ dropped (and logged).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Protocol
+
+from danemilter.cache.codec import OtherVersionError
+
+log = logging.getLogger(__name__)
 
 # Hosts sharing a cache keep their clocks within this of each other; an entry written
 # further ahead than that was written before the reader's clock was stepped back.
@@ -60,3 +65,18 @@ def written_ahead(stored_at: float, now: float) -> bool:
     with a minute to live would be believed for the day): such an entry is stale.
     """
     return stored_at > now + CLOCK_SKEW
+
+
+def drop_unread(backend: CacheBackend, key: str, problem: ValueError, what: str, *,
+                inspect: bool) -> None:
+    """An entry that does not decode: deleted (it would only be read again), unless the
+    reader is only looking (``cache show`` changes nothing). An entry of another format
+    version is expected after an upgrade, so that is said at info, corruption warned of."""
+    other_version = isinstance(problem, OtherVersionError)
+    level = logging.INFO if other_version else logging.WARNING
+    kind = "{} a {} in another format: %s" if other_version else "{} a corrupt {}: %s"
+    if inspect:
+        log.log(level, kind.format("leaving", what), problem)
+        return
+    log.log(level, kind.format("dropping", what), problem)
+    backend.delete(key)

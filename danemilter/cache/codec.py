@@ -32,6 +32,11 @@ class CodecError(ValueError):
     """A cache entry that is not a well-formed entry of this version."""
 
 
+class OtherVersionError(CodecError):
+    """A well-formed entry of another format version (written before an upgrade, or by
+    a newer daemon sharing the cache): not corrupt, just not ours to read."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     status: DomainStatus
@@ -74,7 +79,7 @@ def decode(data: bytes) -> Entry:
     """The entry in ``data``, or CodecError; never any other exception."""
     top = _object(_json(data), {"v", "stored_at", "status"}, "entry")
     if top["v"] != VERSION or isinstance(top["v"], bool):
-        raise CodecError(f"unsupported entry version {top['v']!r}")
+        raise OtherVersionError(f"unsupported entry version {top['v']!r}")
     return Entry(_status(top["status"]), _time(top["stored_at"]))
 
 
@@ -230,7 +235,7 @@ def decode_probes(data: bytes) -> ProbeEntry:
     top = _object(document, {"v", "stored_at", "port", "ocsp", "fingerprint", "probes"},
                   "probe entry")
     if top["v"] != PROBE_VERSION or isinstance(top["v"], bool):
-        raise CodecError(f"unsupported entry version {top['v']!r}")
+        raise OtherVersionError(f"unsupported entry version {top['v']!r}")
     hosts = top["probes"]
     if not isinstance(hosts, list) or not all(isinstance(h, list) for h in hosts):
         raise CodecError("probes is not a list of lists")

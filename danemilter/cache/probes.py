@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from danemilter.cache.backend import CacheBackend, read_fresh, written_ahead
+from danemilter.cache.backend import CacheBackend, drop_unread, read_fresh, written_ahead
 from danemilter.cache.codec import CodecError, ProbeEntry, decode_probes, encode_probes
 from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
@@ -64,9 +64,12 @@ class _Held:
 
 
 class ProbeCache:
-    def __init__(self, backend: CacheBackend, settings: CacheSettings) -> None:
+    def __init__(self, backend: CacheBackend, settings: CacheSettings, *,
+                 inspect: bool = False) -> None:
         self.backend = backend
         self.settings = settings
+        # Only looking (``cache show``): a corrupt entry is reported, not deleted.
+        self.inspect = inspect
         self._front: ExpiringLru[_Held] = ExpiringLru(settings.lru_entries,
                                                       lambda held: held.expires_at,
                                                       max_bytes=settings.memory_max_bytes)
@@ -125,8 +128,8 @@ class ProbeCache:
         try:
             entry = decode_probes(value)
         except CodecError as exc:
-            log.warning("dropping a corrupt cached probe of %s: %s", domain, exc)
-            self.backend.delete(key)
+            drop_unread(self.backend, key, exc, f"cached probe of {domain}",
+                        inspect=self.inspect)
             return None
         if written_ahead(entry.stored_at, now):
             return None

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from danemilter.cache.backend import CacheBackend, read_fresh, written_ahead
-from danemilter.cache.codec import CodecError, decode, encode
+from danemilter.cache.backend import CacheBackend, drop_unread, read_fresh, written_ahead
+from danemilter.cache.codec import CodecError, OtherVersionError, decode, encode
 from danemilter.cache.lifetime import is_transient, lifetime
 from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
@@ -47,9 +47,12 @@ class CachedStatus:
 
 
 class StatusCache:
-    def __init__(self, backend: CacheBackend, settings: CacheSettings) -> None:
+    def __init__(self, backend: CacheBackend, settings: CacheSettings, *,
+                 inspect: bool = False) -> None:
         self.backend = backend
         self.settings = settings
+        # Only looking (``cache show``): a corrupt entry is reported, not deleted.
+        self.inspect = inspect
         self._front: ExpiringLru[CachedStatus] = ExpiringLru(
             settings.lru_entries, lambda entry: entry.expires_at,
             max_bytes=settings.memory_max_bytes)
@@ -106,9 +109,9 @@ class StatusCache:
             if decoded.status.domain != domain:
                 raise CodecError(f"entry is for {decoded.status.domain!r}")
         except CodecError as exc:
-            self.corrupt += 1
-            log.warning("dropping a corrupt cache entry for %s: %s", domain, exc)
-            self.backend.delete(key)
+            self.corrupt += not isinstance(exc, OtherVersionError)
+            drop_unread(self.backend, key, exc, f"cache entry for {domain}",
+                        inspect=self.inspect)
             return None
         if written_ahead(decoded.stored_at, now):
             log.debug("cached status of %s was stored in the future: stale", domain)

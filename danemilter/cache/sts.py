@@ -12,7 +12,7 @@ import json
 import logging
 import math
 
-from danemilter.cache.backend import CacheBackend, read_fresh, written_ahead
+from danemilter.cache.backend import CacheBackend, drop_unread, read_fresh, written_ahead
 from danemilter.cache.lru import ExpiringLru
 from danemilter.mtasts import MAX_AGE_LIMIT, CachedPolicy, StsError, StsStatus, parse_policy
 
@@ -51,10 +51,8 @@ class StsCache:
         try:
             cached = _decode(found[0])
         except (ValueError, KeyError, TypeError, StsError) as exc:
-            log.warning("%s a corrupt cached MTA-STS policy of %s: %s",
-                        "dropping" if drop_corrupt else "leaving", domain, exc)
-            if drop_corrupt:
-                self.backend.delete(key)
+            drop_unread(self.backend, key, ValueError(str(exc)),
+                        f"cached MTA-STS policy of {domain}", inspect=not drop_corrupt)
             return None
         if written_ahead(cached.fetched_at, now):
             # Fetched before this clock was stepped back: its age, hence whether its

@@ -84,7 +84,7 @@ def _open(args: argparse.Namespace, *, inspect: bool = False) -> StatusCache:
     if isinstance(backend, RedisBackend) and not backend.ping():
         backend.close()
         raise DanemilterError(f"cache: redis at {backend.url} is unreachable")
-    return StatusCache(backend, settings)
+    return StatusCache(backend, settings, inspect=inspect)
 
 
 def _iso(when: float) -> str:
@@ -97,7 +97,7 @@ def _show(args: argparse.Namespace) -> int:
     try:
         now = time.time()
         entry = cache.lookup(domain, now)
-        probes = ProbeCache(cache.backend, cache.settings).stored(domain, now)
+        probes = ProbeCache(cache.backend, cache.settings, inspect=True).stored(domain, now)
         # A domain DANE decides has no policy; one without DANE may have only a policy.
         policy = StsCache(cache.backend, cache.settings.lru_entries).policy(
             domain, now, drop_corrupt=False)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from danemilter.cache import CacheSettings, RedisBackend, SQLiteBackend, StatusCache
+from danemilter.cache.probes import probe_key
+from danemilter.cache.status import status_key
 from danemilter.cache.sts import StsCache, sts_key
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.mtasts import CachedPolicy, StsMode, StsPolicy
@@ -268,6 +270,27 @@ def test_redis_show_with_a_policy(tmp_path: Path, redis_server: RedisServer) -> 
         broken = run("show", "broken.example", "--config", str(config))
         assert (broken.returncode, broken.stdout) == (1, "broken.example: not cached\n")
         assert backend.get(sts_key("broken.example")) == (b"not json", fetched_at + 600)
+    finally:
+        backend.close()
+
+
+def test_redis_show_leaves_corrupt_status_and_probe_entries(tmp_path: Path,
+                                                           redis_server: RedisServer) -> None:
+    config = redis_config(tmp_path, redis_server)
+    backend = RedisBackend(redis_server.url, "cli:", 100)
+    expires = time.time() + 600
+    backend.put(status_key("broken.example"), b"{not json", expires)
+    backend.put(probe_key("broken.example"), b"[]", expires)
+    try:
+        shown = run("show", "broken.example", "--config", str(config))
+        assert (shown.returncode, shown.stdout) == (1, "broken.example: not cached\n")
+        assert "leaving a corrupt cache entry for broken.example" in shown.stderr
+        assert backend.get(status_key("broken.example")) == (b"{not json", expires)
+        assert backend.get(probe_key("broken.example")) == (b"[]", expires)
+        # The milter's own reads do drop it: it would only be read again.
+        assert StatusCache(backend, CacheSettings(backend="redis")).lookup(
+            "broken.example", time.time()) is None
+        assert backend.get(status_key("broken.example")) is None
     finally:
         backend.close()
 

@@ -17,7 +17,7 @@ from danemilter.config import DaneMode, OcspMode, ProbeMode, Rule
 from danemilter.dane import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.judge import PkixVerdict
 from danemilter.policy import staple_request, wants_probe
-from danemilter.probe import DomainProbe, ProbeResult
+from danemilter.probe import DomainProbe, OcspRequest, ProbeResult
 from danemilter.tlsa import TLSARecord
 
 EE = TLSARecord.from_text("3 1 1 " + "ab" * 32)
@@ -162,3 +162,22 @@ def test_when_the_milter_probes(state: DomainState, rule: Rule, wanted: bool) ->
 ])
 def test_staple_requests_follow_the_rule(ocsp: OcspMode, request_: str) -> None:
     assert staple_request(replace(TRY, ocsp=ocsp)) == request_
+
+
+@pytest.mark.parametrize(("inspect", "kept"), [(False, False), (True, True)])
+def test_an_entry_from_before_the_pkix_verdict_is_a_quiet_miss(
+        caplog: pytest.LogCaptureFixture, inspect: bool, kept: bool) -> None:
+    backend = MemoryBackend(100)
+    probes = ProbeCache(backend, SETTINGS, inspect=inspect)
+    current = encode_probes(((result(),),), port=25, ocsp="auto",
+                            fingerprint="f" * 64, stored_at=NOW)
+    older = json.loads(current)
+    older["v"] = 2  # the format before issue 14: no pkix keys
+    for probe in older["probes"][0]:
+        del probe["pkix"], probe["pkix_reason"]
+    backend.put(probe_key("example.org"), json.dumps(older).encode(), NOW + 600)
+    with caplog.at_level("INFO"):
+        assert probes.get(dane_status(), 25, OcspRequest.AUTO, NOW) is None
+    assert "in another format: unsupported entry version 2" in caplog.text
+    assert all(record.levelname == "INFO" for record in caplog.records)
+    assert (backend.get(probe_key("example.org")) is not None) is kept
