@@ -49,6 +49,8 @@ _MTA_TIMEOUT = 600
 # ends within its deadline plus the engine's own grace (engine._GRACE); this is more.
 _RETIRE_GRACE = 5.0
 _SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+# A libmilter reload waits this long for its re-read policy and resolver check.
+_RELOAD_TIMEOUT = 60.0
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -187,6 +189,31 @@ def _load_for_reload(path: str | None) -> Settings | None:
     return None
 
 
+async def _prepare_reload(path: str | None, current: Settings
+                          ) -> tuple[Settings, ResolverCheck | None] | None:
+    """A reload up to the swap, for both transports: the re-read policy and its resolver
+    check, or None (logged) when the running policy stays (an invalid file, or a resolver
+    that fails its check under ``resolver_check: refuse``). Says what a reload cannot
+    change."""
+    settings = _load_for_reload(path)
+    if settings is None:
+        return None
+    check = None
+    if settings.resolver_check.mode is not ResolverCheckMode.OFF:
+        check = await check_resolver(settings.resolver, settings.resolver_check)
+        if not check.passed and settings.resolver_check.mode is ResolverCheckMode.REFUSE:
+            log.error("reload failed, keeping the current policy: %s (resolver_check: "
+                      "refuse)", check.line())
+            return None
+    if (settings.listen, settings.transport, settings.policy_listen()) != \
+            (current.listen, current.transport, current.policy_listen()):
+        log.warning("listen, policy_socket or transport changed: takes effect after "
+                    "a restart")
+    if settings.limits != current.limits and current.transport is Transport.ASYNCIO:
+        log.warning("limits changed: they apply to connections after a restart")
+    return settings, check
+
+
 def _service_settings(settings: Settings) -> tuple[object, ...]:
     """What a Service is built from: a reload that changes any of it needs a new one."""
     return settings.resolver, settings.cache, settings.mta_sts
@@ -298,25 +325,12 @@ class _Daemon:
                 self.notifier.ready(self._status_line())
 
     async def _reload_now(self, ref: RuntimeRef) -> None:
-        settings = _load_for_reload(self.path)
-        if settings is None:
-            return
-        check = None
-        if settings.resolver_check.mode is not ResolverCheckMode.OFF:
-            check = await check_resolver(settings.resolver, settings.resolver_check)
-            if not check.passed and settings.resolver_check.mode is ResolverCheckMode.REFUSE:
-                log.error("reload failed, keeping the current policy: %s (resolver_check: "
-                          "refuse)", check.line())
-                return
         current = ref.get()
+        prepared = await _prepare_reload(self.path, current.settings)
+        if prepared is None:
+            return
+        settings, check = prepared
         was = getattr(current.service, "degraded", None)
-        if settings.listen != current.settings.listen or \
-                settings.transport != current.settings.transport or \
-                settings.policy_listen() != current.settings.policy_listen():
-            log.warning("listen, policy_socket or transport changed: takes effect after "
-                        "a restart")
-        if settings.limits != current.settings.limits:
-            log.warning("limits changed: they apply to connections after a restart")
         service = current.service
         if _service_settings(settings) != _service_settings(current.settings):
             old = current.service
@@ -345,7 +359,8 @@ class _Daemon:
 def _serve_libmilter(path: str | None, settings: Settings,
                      first_check: ResolverCheck | None = None) -> int:
     """``transport: libmilter``: libmilter's threads, the service on a loop thread.
-    The resolver is checked at start-up only (the asyncio transport checks it again)."""
+    The resolver is checked at start-up and at every reload; only the asyncio transport
+    also checks it periodically."""
     import Milter  # noqa: PLC0415 - only this transport needs the C library
 
     from danemilter.milter.libmilter import DaneMilter  # noqa: PLC0415
@@ -412,7 +427,6 @@ def _serve_libmilter(path: str | None, settings: Settings,
             # Engines already closed by their timers need not be kept for the exit.
             retiring = [(timer, old) for timer, old in retiring if timer.is_alive()]
             if replacement is not engine:
-                replacement.service.degraded = engine.service.degraded
                 engine.service.retire()
                 timer = threading.Timer(longest_deadline + _RETIRE_GRACE, _retire, (engine,))
                 timer.daemon = True
@@ -473,16 +487,22 @@ def _retire(engine: LoopThread) -> None:
 
 
 def _reload_libmilter(path: str | None, ref: RuntimeRef, engine: LoopThread) -> LoopThread:
-    """Swap in the re-read policy; an invalid file keeps the running one."""
+    """Swap in the re-read policy as the asyncio transport does (the same preparation,
+    resolver check included, on the engine's loop); an invalid file keeps the running one."""
     current = ref.get().settings
-    settings = _load_for_reload(path)
-    if settings is None:
+    try:
+        prepared = engine.call(_prepare_reload(path, current), timeout=_RELOAD_TIMEOUT)
+    except Exception:  # a reload must never end the daemon
+        log.exception("reload failed, keeping the current policy")
         return engine
-    if settings.listen != current.listen or settings.transport != current.transport:
-        log.warning("listen or transport changed: takes effect after a restart")
+    if prepared is None:
+        return engine
+    settings, check = prepared
+    was = engine.service.degraded
     if _service_settings(settings) != _service_settings(current):
         engine = LoopThread(settings.resolver, settings.cache, settings.mta_sts)
     ref.set(Runtime(settings, engine.service))
     _setup_logging(settings.log_level)
+    _apply_check(engine.service, check, was)
     log.info("reloaded %s", settings.source)
     return engine

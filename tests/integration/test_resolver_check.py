@@ -171,23 +171,28 @@ def test_refuse_does_not_start_without_an_answer(tmp_path: Path) -> None:
     assert not sock.exists(), "nothing listens when the start is refused"
 
 
+@pytest.mark.parametrize("transport", ["asyncio", "libmilter"])
 def test_refuse_is_the_default_and_a_validating_resolver_starts_it(
-        tmp_path: Path, dns_bed: DnssecTestBed, plain: NonValidatingResolver) -> None:
+        tmp_path: Path, dns_bed: DnssecTestBed, plain: NonValidatingResolver,
+        transport: str) -> None:
     config = tmp_path / "danemilter.yaml"
     config.write_text(f"listen: inet:{free_port()}@127.0.0.1\n{_resolver(plain.port)}"
                       f"resolver_check: {{signed_name: {SIGNED}}}\n")
     refused = subprocess.run([*DANEMILTER, "run", "--config", str(config)],
                              capture_output=True, text=True, timeout=30, check=False)
     assert refused.returncode == 2 and "not-validating" in refused.stderr, refused.stderr
-    milter = MilterProcess(_resolver(dns_bed.resolver_port) + _mode("refuse"))
+    good = f"transport: {transport}\n" + _resolver(dns_bed.resolver_port) + _mode("refuse")
+    milter = MilterProcess(good)
     milter.start()
     try:
         wait_for(lambda: "listening on" in milter.log(), 10, "the start-up line")
         assert f"resolver 127.0.0.1:{dns_bed.resolver_port}: validating" in milter.log()
-        # A reload onto a resolver that does not validate is refused like a bad file.
-        milter.reload(_resolver(plain.port) + _mode("refuse"),
+        # A reload onto a resolver that does not validate is refused like a bad file,
+        # under either transport (they share the reload's preparation).
+        milter.reload(f"transport: {transport}\n" + _resolver(plain.port) + _mode("refuse"),
                       expect="reload failed, keeping the current policy")
         assert "not-validating" in milter.log().rsplit("reload failed", 1)[1]
+        milter.reload(good)  # and a validating one is taken again
     finally:
         assert milter.stop() == 0
 
