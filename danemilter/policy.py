@@ -13,6 +13,7 @@ SMTP replies follow DESIGN.md "Milter behaviour" (RFC 3463 / RFC 7505 codes):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -36,6 +37,8 @@ from danemilter.judge import OcspState, PkixVerdict
 from danemilter.mtasts import StsState, StsStatus
 from danemilter.probe_result import DomainProbe, OcspRequest, ProbeResult
 from danemilter.status import DomainState, DomainStatus, HostState
+
+log = logging.getLogger(__name__)
 
 
 class Action(StrEnum):
@@ -104,6 +107,16 @@ def exempt(decision: Decision, policy: Policy, today: date) -> tuple[Decision, s
     return (replace(decision, action=Action.TAG, reply=None,
                     reason=f"{why}: {decision.reason}"),
             f"{decision.domain}: would {decision.action}, {why}")
+
+
+def apply_exceptions(decision: Decision, policy: Policy, today: date, tag: str) -> Decision:
+    """:func:`exempt`, logged as every front end must: each use at info, an expired entry
+    (then ignored) as a warning; ``tag`` starts the line (the queue ID, or the socket)."""
+    outcome, note = exempt(decision, policy, today)
+    if note is not None:
+        log.log(logging.INFO if outcome is not decision else logging.WARNING, "%s: %s",
+                tag, note)
+    return outcome
 
 
 def ocsp_summary(probes: Sequence[ProbeResult]) -> str | None:

@@ -33,9 +33,9 @@ from danemilter.policy import (
     Action,
     Decision,
     Reply,
+    apply_exceptions,
     decide,
     decide_domain,
-    exempt,
     wants_probe,
     wants_sts,
 )
@@ -325,16 +325,6 @@ class Session:
             return None
         return INTERNAL_ERROR
 
-    def _exempted(self, decision: Decision) -> Decision:
-        """``policy.exceptions``: logged on every use, and when expired (then ignored)."""
-        outcome, note = exempt(decision, self.runtime.settings.policy, datetime.now(UTC).date())
-        if note is not None:
-            if outcome is decision:
-                log.warning("%s: %s", self.queue_id, note)
-            else:
-                log.info("%s: %s", self.queue_id, note)
-        return outcome
-
     def _applies(self, settings: Settings) -> bool:
         if settings.apply_to is ApplyTo.AUTHENTICATED:
             return self.authenticated
@@ -369,7 +359,8 @@ class Session:
     def _apply(self, recipient: str, decision: Decision) -> RcptAnswer:
         settings = self.runtime.settings
         if settings.policy.exceptions:
-            decision = self._exempted(decision)
+            decision = apply_exceptions(decision, settings.policy, datetime.now(UTC).date(),
+                                        self.queue_id)
         METRICS.decisions[(decision.action, decision.status)] += 1  # no lock: one loop
         if settings.report_only:
             log.info("%s: report-only: rcpt=%s %s (%s)", self.queue_id, recipient,

@@ -30,7 +30,7 @@ from danemilter.errors import InputError
 from danemilter.metrics import METRICS
 from danemilter.milter.session import INTERNAL_ERROR, Runtime, RuntimeRef
 from danemilter.names import normalize_domain
-from danemilter.policy import decide_domain, exempt, wants_sts
+from danemilter.policy import apply_exceptions, decide_domain, wants_sts
 from danemilter.policymap import answers
 from danemilter.policymap.answers import NeedsStatus, RcptLine, TlsPolicy
 from danemilter.policymap.netstring import (
@@ -205,9 +205,8 @@ class PolicyServer:
                                                         deadline)
             delivery = (answers.for_status(status, rule, sts) if isinstance(tls, NeedsStatus)
                         else tls)
-            decision, note = exempt(decision, settings.policy, datetime.now(UTC).date())
-            if note is not None:
-                log.info("policy socket: %s", note)
+            decision = apply_exceptions(decision, settings.policy, datetime.now(UTC).date(),
+                                        "policy socket")
         except Exception:
             log.exception("policy socket: internal error deciding for %s", domain)
             if settings.on_error is ErrorAction.ACCEPT:

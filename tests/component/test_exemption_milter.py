@@ -25,7 +25,7 @@ def test_an_active_exception_tags_instead_of_refusing(caplog: pytest.LogCaptureF
     Milter.factory = DaneMilter
     ctx = Ctx()
     ctx._connect()
-    with caplog.at_level(logging.INFO, logger="danemilter.milter.session"):
+    with caplog.at_level(logging.INFO, logger="danemilter"):
         replies, _ = deliver(ctx, "a@plain.example", "b@broken.example", "c@dane.example")
     assert replies == [Milter.CONTINUE, Milter.TEMPFAIL, Milter.CONTINUE]
     assert sorted(headers(ctx)) == [
@@ -34,3 +34,7 @@ def test_an_active_exception_tags_instead_of_refusing(caplog: pytest.LogCaptureF
     text = caplog.text
     assert "would reject, exempted by policy.exceptions plain.example" in text
     assert "broken.example expired on 2000-01-01" in text
+    # Each use at info; an expired entry, ignored, is a warning.
+    uses = {(r.levelname, "expired on" in r.getMessage()) for r in caplog.records
+            if "policy.exceptions" in r.getMessage()}
+    assert uses == {("INFO", False), ("WARNING", True)}, uses
