@@ -61,6 +61,14 @@ class DaneCase:
     name: str
     partial_wildcard: bool
     kinds: list[str] = field(default_factory=list)
+    # The case's PKI by role ("leaf", "root", "intermediate1", "other-root", "cross"):
+    # what a trust store or a re-issued certificate is made from.
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    @property
+    def roots(self) -> list[x509.Certificate]:
+        """The case's root, then the root that cross-signs, when there are any."""
+        return [self.nodes[role].cert for role in ("root", "other-root") if role in self.nodes]
 
     def openssl_records(self) -> list[str]:
         """The records an SMTP client uses at all: PKIX-TA/PKIX-EE dropped (RFC 7672 §3.1.3)."""
@@ -248,7 +256,7 @@ def make_case(number: int, rng: random.Random, pool: KeyPool, now: datetime,
     leaf_pem = nodes["leaf"].key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption())
-    return DaneCase(number, presented, leaf_pem, records, name, partial, kinds)
+    return DaneCase(number, presented, leaf_pem, records, name, partial, kinds, nodes)
 
 
 def _cross_sign(rng: random.Random, build: _Builder, nodes: dict[str, Node],
