@@ -276,10 +276,12 @@ def must_staple(cert: x509.Certificate) -> bool:
     return any(int(f.value) == _TLS_FEATURE_STATUS_REQUEST for f in feature)
 
 
-def name_problem(leaf: x509.Certificate, names: Sequence[str]) -> str | None:
+def name_problem(leaf: x509.Certificate, names: Sequence[str], *,
+                 subject_cn: bool = True) -> str | None:
     """Why the leaf is valid for none of ``names`` (RFC 6125 as OpenSSL's X509_check_host
-    with Postfix's flags does it), or None when it is valid for one."""
-    presented = presented_names(leaf)
+    with Postfix's flags does it), or None when it is valid for one. ``subject_cn``: the
+    subject CNs count when there is no DNS-ID (RFC 6125 §6.4.4); MTA-STS says no."""
+    presented = presented_names(leaf, subject_cn=subject_cn)
     if any(name_matches(p, r) for p in presented for r in names):
         return None
     shown = ", ".join(presented) if presented else "(none)"
@@ -287,8 +289,8 @@ def name_problem(leaf: x509.Certificate, names: Sequence[str]) -> str | None:
     return f"name mismatch: certificate names {shown} do not match {wanted}"
 
 
-def presented_names(cert: x509.Certificate) -> list[str]:
-    """DNS-IDs, or the subject CNs when there are none (RFC 6125 §6.4.4)."""
+def presented_names(cert: x509.Certificate, *, subject_cn: bool = True) -> list[str]:
+    """DNS-IDs, or (``subject_cn``) the subject CNs when there are none (RFC 6125 §6.4.4)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns_names = san.get_values_for_type(x509.DNSName)
@@ -296,7 +298,7 @@ def presented_names(cert: x509.Certificate) -> list[str]:
         dns_names = []
     except ValueError:
         return []  # unparsable extensions: claim nothing rather than guess
-    if dns_names:
+    if dns_names or not subject_cn:
         return dns_names
     return [
         attribute.value

@@ -170,8 +170,11 @@ def judge_staple(staple: bytes | None, chain: Sequence[x509.Certificate],
 
 def judge_pkix(chain: Sequence[x509.Certificate], chain_error: str | None,
                name: str | None) -> tuple[PkixVerdict, str]:
-    """RFC 8461 §4.2: the chain must lead to a trusted root and the leaf must be valid for
-    the MX host ``name`` (wildcards as RFC 6125 §6.4.3 has them, leftmost label only).
+    """RFC 8461 §4.2: the chain must lead to a trusted root and the leaf must carry a
+    DNS-ID SAN valid for the MX host ``name`` (wildcards as RFC 6125 §6.4.3 has them,
+    leftmost label only). No subject CN fallback: §4.2 says the certificate "MUST have
+    a subject alternative name ... with a DNS-ID", where Postfix's ``secure`` level
+    would still match a CN (docs/mta-sts.md).
 
     ``chain_error``: OpenSSL's first complaint about the presented chain against the
     trust store, with the purpose an SMTP client checks (``ssl_server``), None when it
@@ -184,8 +187,11 @@ def judge_pkix(chain: Sequence[x509.Certificate], chain_error: str | None,
         return PkixVerdict.FAILED, "the server presented no certificate"
     if chain_error is not None:
         return PkixVerdict.FAILED, chain_error
-    problem = certs.name_problem(chain[0], (name,))
+    problem = certs.name_problem(chain[0], (name,), subject_cn=False)
     if problem is not None:
+        if not certs.presented_names(chain[0], subject_cn=False):
+            problem = ("name mismatch: the certificate has no DNS-ID (subjectAltName), "
+                       "which RFC 8461 §4.2 requires; its subject CN does not count")
         return PkixVerdict.FAILED, problem
     return PkixVerdict.VERIFIED, f"chain valid under PKIX for {name.lower().rstrip('.')}"
 
