@@ -210,7 +210,8 @@ class Service:
         ocsp = staple_request(rule)
         try:
             cached = await asyncio.to_thread(self.probe_cache.get, status, settings.port,
-                                             ocsp, time.time())
+                                             ocsp, time.time(),
+                                             ca_file=self.sts_settings.ca_file)
         except Exception:
             log.exception("reading the cached probe of %s failed", status.domain)
             cached = None
@@ -253,7 +254,7 @@ class Service:
             now = time.time()
             for index, status in enumerate(statuses):
                 hit = await asyncio.to_thread(self.probe_cache.get, status, settings.port,
-                                              ocsp, now)
+                                              ocsp, now, ca_file=self.sts_settings.ca_file)
                 if hit is not None:
                     found[index] = hit
         missing = [i for i in range(len(statuses)) if i not in found]
@@ -271,7 +272,8 @@ class Service:
                            settings: ProbeSettings, ocsp: OcspRequest) -> None:
         try:
             await asyncio.to_thread(self.probe_cache.put, status, probe, settings.port, ocsp,
-                                    ttl=settings.cache_ttl, now=time.time())
+                                    ttl=settings.cache_ttl, now=time.time(),
+                                    ca_file=self.sts_settings.ca_file)
         except Exception:
             log.exception("storing the probe of %s in the cache failed", status.domain)
 

@@ -191,8 +191,9 @@ _OCSP_REQUESTS = frozenset({"auto", "always", "never"})
 _PROBE_KEYS = {"address", "port", "starttls", "tls_version", "dane", "depth", "ocsp",
                "reason", "ocsp_reason", "ocsp_url", "must_staple", "failed_at", "seconds",
                "pkix", "pkix_reason"}
-# Probe entries gained the PKIX verdict in version 3: an older entry is a miss (probes
-# are short-lived), not a probe whose certificate was never judged.
+SYSTEM_TRUST = "system"
+# Probe entries gained the PKIX verdict and its trust store in version 3: an older entry
+# is a miss (probes are short-lived), not a probe whose certificate was never judged.
 PROBE_VERSION = 3
 
 
@@ -203,15 +204,22 @@ class ProbeEntry:
     ocsp: str
     fingerprint: str
     stored_at: float
+    # The trust store the PKIX verdicts were judged against (a CA file, or "system").
+    trust: str = SYSTEM_TRUST
+
+
+def trust_label(ca_file: str | None) -> str:
+    return ca_file or SYSTEM_TRUST
 
 
 def encode_probes(probes: Sequence[Sequence[ProbeResult]], *, port: int, ocsp: str,
-                  fingerprint: str, stored_at: float) -> bytes:
+                  fingerprint: str, stored_at: float, trust: str = SYSTEM_TRUST) -> bytes:
     document = {
         "v": PROBE_VERSION,
         "stored_at": stored_at,
         "port": port,
         "ocsp": ocsp,
+        "trust": trust,
         "fingerprint": fingerprint,
         "probes": [[_probe_document(p) for p in host] for host in probes],
     }
@@ -232,8 +240,8 @@ def _probe_document(probe: ProbeResult) -> dict[str, Any]:
 def decode_probes(data: bytes) -> ProbeEntry:
     """The probe entry in ``data``, or CodecError; never any other exception."""
     document = _json(data)
-    top = _object(document, {"v", "stored_at", "port", "ocsp", "fingerprint", "probes"},
-                  "probe entry")
+    top = _object(document, {"v", "stored_at", "port", "ocsp", "trust", "fingerprint",
+                             "probes"}, "probe entry")
     if top["v"] != PROBE_VERSION or isinstance(top["v"], bool):
         raise OtherVersionError(f"unsupported entry version {top['v']!r}")
     hosts = top["probes"]
@@ -245,6 +253,7 @@ def decode_probes(data: bytes) -> ProbeEntry:
         ocsp=_choice(top["ocsp"], _OCSP_REQUESTS, "ocsp request"),
         fingerprint=_string(top["fingerprint"], "fingerprint", empty=False),
         stored_at=_time(top["stored_at"]),
+        trust=_string(top["trust"], "trust", empty=False),
     )
 
 

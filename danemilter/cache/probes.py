@@ -20,7 +20,13 @@ import logging
 from dataclasses import dataclass
 
 from danemilter.cache.backend import CacheBackend, drop_unread, read_fresh, written_ahead
-from danemilter.cache.codec import CodecError, ProbeEntry, decode_probes, encode_probes
+from danemilter.cache.codec import (
+    CodecError,
+    ProbeEntry,
+    decode_probes,
+    encode_probes,
+    trust_label,
+)
 from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
 from danemilter.probe_result import DomainProbe, OcspRequest, domain_verdict
@@ -75,10 +81,11 @@ class ProbeCache:
                                                       max_bytes=settings.memory_max_bytes)
 
     def get(self, status: DomainStatus, port: int, ocsp: OcspRequest,
-            now: float) -> DomainProbe | None:
+            now: float, *, ca_file: str | None = None) -> DomainProbe | None:
         """The cached probe of ``status.domain`` if it is fresh and was taken under the
-        same DNS data, port and staple request; its status is ``status`` as judged by
-        those probes (``dane-mismatch`` when one showed a mismatch)."""
+        same DNS data, port, staple request and trust store (``ca_file``: its PKIX
+        verdicts); its status is ``status`` as judged by those probes
+        (``dane-mismatch`` when one showed a mismatch)."""
         held = self._front.get(status.domain, now)
         if held is None:
             found = self._backend_get(status.domain, now)
@@ -88,20 +95,23 @@ class ProbeCache:
             self._front.put(status.domain, held, now=now, size=size)
         entry = held.entry
         if (entry.port != port or entry.ocsp != ocsp or entry.fingerprint != fingerprint(status)
-                or len(entry.probes) != len(status.hosts)):
+                or entry.trust != trust_label(ca_file) or len(entry.probes) != len(status.hosts)):
             return None
         return DomainProbe(domain_verdict(status, entry.probes), entry.probes)
 
     def put(self, status: DomainStatus, probe: DomainProbe, port: int, ocsp: OcspRequest, *,
-            ttl: int, now: float) -> bool:
-        """Keep ``probe`` (taken under ``status``); False when its lifetime is 0."""
+            ttl: int, now: float, ca_file: str | None = None) -> bool:
+        """Keep ``probe`` (taken under ``status``, PKIX judged against ``ca_file`` or the
+        system's store); False when its lifetime is 0."""
         seconds = probe_lifetime(probe, ttl, self.settings)
         if seconds <= 0:
             return False
-        entry = ProbeEntry(probe.probes, port, ocsp, fingerprint(status), now)
+        entry = ProbeEntry(probe.probes, port, ocsp, fingerprint(status), now,
+                           trust_label(ca_file))
         held = _Held(entry, now + seconds)
         value = encode_probes(entry.probes, port=port, ocsp=ocsp,
-                              fingerprint=entry.fingerprint, stored_at=now)
+                              fingerprint=entry.fingerprint, stored_at=now,
+                              trust=entry.trust)
         self._front.put(status.domain, held, now=now, size=len(value))
         self.backend.put(probe_key(status.domain), value, held.expires_at)
         return True

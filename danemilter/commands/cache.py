@@ -147,7 +147,8 @@ def _describe_policy(cached: CachedPolicy, now: float) -> str:
 
 def _probes_document(probes: ProbeEntry, expires_at: float, current: bool) -> dict[str, Any]:
     return {
-        "port": probes.port, "ocsp": probes.ocsp, "stored_at": probes.stored_at,
+        "port": probes.port, "ocsp": probes.ocsp, "trust": probes.trust,
+        "stored_at": probes.stored_at,
         "expires_at": expires_at, "current": current,
         "hosts": [[p.to_json() for p in host] for host in probes.probes],
     }
@@ -155,7 +156,8 @@ def _probes_document(probes: ProbeEntry, expires_at: float, current: bool) -> di
 
 def _describe_probes(probes: ProbeEntry, expires_at: float, current: bool) -> str:
     stale = "" if current else " (taken under other DNS data: not used)"
-    lines = [f"  TLS probes, port {probes.port}, staples {probes.ocsp}: cached "
+    lines = [f"  TLS probes, port {probes.port}, staples {probes.ocsp}, PKIX trust "
+             f"{probes.trust}: cached "
              f"{_iso(probes.stored_at)}, expires {_iso(expires_at)}{stale}"]
     lines.extend(f"    {probe_line(result)}" for host in probes.probes for result in host)
     return "\n".join(lines) + "\n"

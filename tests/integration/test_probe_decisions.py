@@ -165,7 +165,8 @@ def test_cached_rule_uses_what_verify_left_in_the_shared_cache(
     assert main(["cache", "show", f"later.{ZONE}", "--config",
                  str(stack.milter.config_path)]) == 0
     text = capsys.readouterr().out
-    assert f"TLS probes, port {stack.world.port}, staples auto: cached" in text
+    assert f"TLS probes, port {stack.world.port}, staples auto, PKIX trust system: cached" \
+        in text
     assert "DANE MISMATCH" in text
 
 

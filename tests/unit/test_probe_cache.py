@@ -54,11 +54,12 @@ def test_codec_round_trip() -> None:
     judged = replace(result("not-applicable"), pkix=PkixVerdict.FAILED,
                      pkix_reason="certificate has expired (depth 0)")
     probes = ((result(), result("failed", "connect"), judged),)
-    data = encode_probes(probes, port=2525, ocsp="always", fingerprint="f" * 64, stored_at=NOW)
+    data = encode_probes(probes, port=2525, ocsp="always", fingerprint="f" * 64, stored_at=NOW,
+                         trust="/etc/ssl/roots.pem")
     entry = decode_probes(data)
     assert entry.probes == probes
-    assert (entry.port, entry.ocsp, entry.fingerprint, entry.stored_at) == (
-        2525, "always", "f" * 64, NOW)
+    assert (entry.port, entry.ocsp, entry.fingerprint, entry.stored_at, entry.trust) == (
+        2525, "always", "f" * 64, NOW, "/etc/ssl/roots.pem")
 
 
 @pytest.mark.parametrize(("why", "mangle"), [
@@ -181,3 +182,17 @@ def test_an_entry_from_before_the_pkix_verdict_is_a_quiet_miss(
     assert "in another format: unsupported entry version 2" in caplog.text
     assert all(record.levelname == "INFO" for record in caplog.records)
     assert (backend.get(probe_key("example.org")) is not None) is kept
+
+
+def test_a_probe_judged_against_another_trust_store_is_a_miss() -> None:
+    # Changing mta_sts.ca_file changes every PKIX verdict: the old ones must not be used.
+    probes = cache()
+    assert probes.put(dane_status(), probe_of(result()), 25, OcspRequest.AUTO, ttl=600,
+                      now=NOW, ca_file="/etc/danemilter/roots.pem")
+    assert probes.get(dane_status(), 25, OcspRequest.AUTO, NOW + 1,
+                      ca_file="/etc/danemilter/roots.pem") is not None
+    assert probes.get(dane_status(), 25, OcspRequest.AUTO, NOW + 1) is None
+    assert probes.get(dane_status(), 25, OcspRequest.AUTO, NOW + 1,
+                      ca_file="/etc/danemilter/other.pem") is None
+    stored = probes.stored("example.org", NOW + 1)
+    assert stored is not None and stored[0].trust == "/etc/danemilter/roots.pem"
