@@ -35,3 +35,15 @@ def read_regular_file(path: str | Path) -> bytes:
         raise FileReadError(path, str(exc.strerror or exc)) from None
     finally:
         os.close(fd)
+
+
+def file_version(path: str | Path | None) -> object:
+    """What changes when the file at ``path`` is rewritten (size, mtime), for callers
+    that keep something built from it; None for no path, the errno when it is gone."""
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return exc.errno
+    return info.st_size, info.st_mtime_ns

@@ -41,6 +41,7 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from danemilter.deadline import Deadline
+from danemilter.files import file_version
 from danemilter.judge import (
     DaneVerdict,
     OcspState,
@@ -198,19 +199,22 @@ def _note_chain_error(conn: SSL.Connection, cert: Any, errnum: int, depth: int,
 
 class _Contexts:
     """One TLS client context per trust store: loading a CA bundle costs ~7 ms, which
-    every probe would otherwise pay. Contexts are configured once, then only used."""
+    every probe would otherwise pay. Contexts are configured once, then only used; a CA
+    file that changed (size or mtime) gets a new one, so new roots count at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._contexts: dict[str | None, tuple[SSL.Context, str | None]] = {}
+        self._contexts: dict[str | None, tuple[object, SSL.Context, str | None]] = {}
 
     def get(self, ca_file: str | None) -> tuple[SSL.Context, str | None]:
         """The context, and why its trust store is unusable (None: it is usable)."""
+        version = file_version(ca_file)
         with self._lock:
             found = self._contexts.get(ca_file)
-            if found is None:
-                found = self._contexts[ca_file] = _make_context(ca_file)
-            return found
+            if found is None or found[0] != version:
+                found = self._contexts[ca_file] = (version, *_make_context(ca_file))
+            return found[1], found[2]
+
 
 
 def _make_context(ca_file: str | None) -> tuple[SSL.Context, str | None]:

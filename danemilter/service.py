@@ -41,6 +41,7 @@ from danemilter.config.model import (
 )
 from danemilter.dane import DomainEvaluator
 from danemilter.deadline import Deadline
+from danemilter.files import file_version
 from danemilter.metrics import METRICS
 from danemilter.mtasts import (
     CachedPolicy,
@@ -82,7 +83,7 @@ class Service:
         self.probe_cache = ProbeCache(self.cache.backend, cache)
         self.sts_settings = mta_sts or MtaStsSettings()
         self.sts_cache = StsCache(self.cache.backend, cache.lru_entries)
-        self._sts_tls: ssl.SSLContext | None = None
+        self._sts_tls: tuple[object, ssl.SSLContext] | None = None
         # Background fetches of policies near their expiry, one per domain.
         self.sts_refreshing: dict[str, asyncio.Task[None]] = {}
         # Set while the resolver fails its self-check under resolver_check: degrade
@@ -165,10 +166,12 @@ class Service:
 
     async def _fetch(self, domain: str, txt_id: str, deadline: Deadline) -> FetchResult:
         """The policy from the domain's HTTPS server, stored under ``txt_id`` when valid."""
-        if self._sts_tls is None:
-            self._sts_tls = tls_context(self.sts_settings.ca_file)
-        fetched = await fetch_policy(self.resolver, domain, deadline, context=self._sts_tls,
-                                     port=self.sts_settings.port)
+        version = file_version(self.sts_settings.ca_file)
+        if self._sts_tls is None or self._sts_tls[0] != version:
+            # Rebuilt when the CA file is rewritten: new roots count without a restart.
+            self._sts_tls = (version, tls_context(self.sts_settings.ca_file))
+        fetched = await fetch_policy(self.resolver, domain, deadline,
+                                     context=self._sts_tls[1], port=self.sts_settings.port)
         if fetched.policy is not None:
             fresh = CachedPolicy(fetched.policy, txt_id, time.time())
             try:

@@ -31,9 +31,12 @@ from danemilter.config.model import (
     TlsRequirement,
 )
 from danemilter.deadline import Deadline
+from danemilter.judge import PkixVerdict
 from danemilter.mtasts import CachedPolicy, StsMode, StsPolicy, StsState, StsStatus
 from danemilter.policy import Decision
+from danemilter.probe import probe_host
 from danemilter.service import Service
+from danemilter.status import HostState, HostStatus
 from tests.support.dnsbed import DnssecTestBed, Zone
 from tests.support.milterproc import MilterProcess
 from tests.support.pki import make_ca, make_leaf
@@ -517,3 +520,43 @@ def test_verify_text_shows_the_pkix_verdict(world: World, tmp_path: Path) -> Non
     assert "[127.0.0.75]:" in result.stdout
     assert "PKIX FAILED (unable to get local issuer certificate" in result.stdout
     assert "  MTA-STS: enforce: " in result.stdout
+
+
+def test_new_roots_in_the_same_ca_file_count_at_once(world: World, tmp_path: Path) -> None:
+    ca_file = tmp_path / "roots.pem"
+    ca_file.write_bytes(make_ca("some other root").pem())
+    name = "mx.good.pkix.sts.test"
+    host = HostStatus(name, 10, ("127.0.0.73",), True, HostState.NONE, None, (), "none", 300)
+
+    def pkix() -> tuple[PkixVerdict, str]:
+        result = probe_host(host, "127.0.0.73", port=world.smtp_port, names=(name,),
+                            request_staple=False, timeout=5, now=datetime.now(UTC),
+                            helo="client.test", allow_private=True, ca_file=str(ca_file))
+        return result.pkix, result.pkix_reason
+
+    assert pkix()[0] is PkixVerdict.FAILED
+    # The operator adds the right root to the file the configuration names.
+    ca_file.write_bytes(ca_file.read_bytes() + world.server.ca_file.read_bytes())
+    assert pkix() == (PkixVerdict.VERIFIED, f"chain valid under PKIX for {name}")
+
+
+def test_new_roots_count_for_policy_fetches_without_a_restart(world: World,
+                                                              tmp_path: Path) -> None:
+    ca_file = tmp_path / "roots.pem"
+    ca_file.write_bytes(make_ca("some other root").pem())
+    resolver, sts = world.settings()
+    service = Service(resolver, CacheSettings(backend="memory"),
+                      MtaStsSettings(port=sts.port, ca_file=str(ca_file), timeout=5))
+
+    async def run() -> tuple[StsStatus, StsStatus]:
+        try:
+            before = await service.sts("enforce.sts.test", Deadline.after(8))
+            ca_file.write_bytes(ca_file.read_bytes() + world.server.ca_file.read_bytes())
+            service.sts_cache.forget("enforce.sts.test")  # the verdict's 5 minutes are up
+            return before, await service.sts("enforce.sts.test", Deadline.after(8))
+        finally:
+            await service.aclose()
+
+    before, after = asyncio.run(run())
+    assert before.state is StsState.INVALID and "certificate not valid" in before.reason
+    assert after.state is StsState.ENFORCE, after
