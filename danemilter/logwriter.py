@@ -8,17 +8,24 @@ woke the writer through a condition variable for every record, which took 13-14 
 the daemon's CPU per message and put lock hand-overs into the RCPT tail.
 
 A record waits at most ``interval`` before it is written; at exit everything left is
-written.
+written. A stream handler gets the whole batch in one write: one write per record made
+the writer thread take and give back the GIL for every record (strace on the warm
+throughput bench: ~1 write and ~2.7 futex calls per message, the futex time the largest
+system-call cost of the daemon).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 _INTERVAL = 0.05
+# Records formatted and written together, at most (bounds the writer's one string).
+_BATCH = 512
 
 
 class _Collecting(logging.Handler):
@@ -39,6 +46,26 @@ class _Collecting(logging.Handler):
         return False
 
 
+def _write_batch(handler: logging.StreamHandler[Any], records: list[logging.LogRecord]
+                 ) -> None:
+    """StreamHandler.emit for many records: formatted apart, written and flushed once."""
+    lines = []
+    for record in records:
+        if handler.filter(record):
+            try:
+                lines.append(handler.format(record) + handler.terminator)
+            except Exception:
+                handler.handleError(record)  # a bad record must not lose the batch
+    if not lines:
+        return
+    with handler.lock or contextlib.nullcontext():
+        try:
+            handler.stream.write("".join(lines))
+            handler.flush()
+        except Exception:
+            handler.handleError(records[-1])
+
+
 class BatchingWriter:
     """Moves the root logger's handlers behind a deque drained by one thread."""
 
@@ -53,6 +80,9 @@ class BatchingWriter:
 
     @classmethod
     def install(cls, fmt: str, interval: float = _INTERVAL) -> BatchingWriter:
+        # The daemon's format names neither: spare a getpid() and the thread lookups
+        # in every record the loop makes.
+        logging.logProcesses = logging.logMultiprocessing = logging.logThreads = False
         root = logging.getLogger()
         writers = [h for h in root.handlers if not isinstance(h, _Collecting)]
         for handler in writers:
@@ -71,10 +101,16 @@ class BatchingWriter:
     def _drain(self) -> None:
         pending = self._pending
         while pending:
-            record = pending.popleft()
+            batch = [pending.popleft() for _ in range(min(len(pending), _BATCH))]
             for handler in self._handlers:
-                if record.levelno >= handler.level:
-                    handler.handle(record)
+                wanted = [r for r in batch if r.levelno >= handler.level]
+                if not wanted:
+                    continue
+                if type(handler) is logging.StreamHandler:
+                    _write_batch(handler, wanted)
+                else:  # journald, files with rotation...: their own emit, per record
+                    for record in wanted:
+                        handler.handle(record)
 
     def stop(self) -> None:
         """Write what is still queued, then put the handlers back on the root logger."""
