@@ -1,8 +1,11 @@
 """STARTTLS probes of MX hosts: connect, EHLO, STARTTLS, handshake, read chain and staple.
 
 I/O at the edge: this module talks SMTP and TLS and hands what it saw to the pure
-``danemilter.judge``. OpenSSL's own verifier is never used (``VERIFY_NONE``): the chain is
+``danemilter.judge``. OpenSSL never decides a handshake (``VERIFY_NONE``): the chain is
 judged against the host's TLSA records with SMTP semantics, the staple by the OCSP rules.
+For hosts without DANE, OpenSSL's own chain verification (against ``ca_file`` or the
+system's store, noted by the verify callback) is what the MTA-STS PKIX verdict takes,
+so that it is the chain check Postfix's ``secure`` level makes.
 
 Deadlines. Each probe has one overall deadline. The plain-text SMTP part uses socket
 timeouts, checked again after every read. The TLS handshake runs on a non-blocking
@@ -214,7 +217,6 @@ class _Contexts:
             if found is None or found[0] != version:
                 found = self._contexts[ca_file] = (version, *_make_context(ca_file))
             return found[1], found[2]
-
 
 
 def _make_context(ca_file: str | None) -> tuple[SSL.Context, str | None]:
