@@ -169,7 +169,12 @@ class Service:
         version = file_version(self.sts_settings.ca_file)
         if self._sts_tls is None or self._sts_tls[0] != version:
             # Rebuilt when the CA file is rewritten: new roots count without a restart.
-            self._sts_tls = (version, tls_context(self.sts_settings.ca_file))
+            try:
+                self._sts_tls = (version, tls_context(self.sts_settings.ca_file))
+            except (OSError, ssl.SSLError) as exc:  # removed or damaged since the load
+                log.error("MTA-STS: trust store %s unusable: %s",
+                          self.sts_settings.ca_file or "of the system", exc)
+                return FetchResult(None, f"trust store unusable: {exc}", transient=True)
         fetched = await fetch_policy(self.resolver, domain, deadline,
                                      context=self._sts_tls[1], port=self.sts_settings.port)
         if fetched.policy is not None:

@@ -560,3 +560,16 @@ def test_new_roots_count_for_policy_fetches_without_a_restart(world: World,
     before, after = asyncio.run(run())
     assert before.state is StsState.INVALID and "certificate not valid" in before.reason
     assert after.state is StsState.ENFORCE, after
+
+
+def test_a_ca_file_removed_since_the_load_is_a_tempfail_not_an_error(
+        world: World, tmp_path: Path) -> None:
+    ca_file = tmp_path / "roots.pem"
+    ca_file.write_bytes(world.server.ca_file.read_bytes())
+    resolver, sts = world.settings()
+    service = Service(resolver, CacheSettings(backend="memory"),
+                      MtaStsSettings(port=sts.port, ca_file=str(ca_file), timeout=5))
+    ca_file.unlink()  # the operator's clean-up, after the policy was loaded
+    (status,) = ask(service, "enforce.sts.test")
+    assert status.state is StsState.TEMPFAIL, status
+    assert "trust store unusable" in status.reason
