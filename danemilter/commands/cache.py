@@ -181,7 +181,8 @@ def _purge(args: argparse.Namespace) -> int:
         json.dump({"domain": domain, "purged": removed}, sys.stdout)
         sys.stdout.write("\n")
     elif domain is None:
-        print(f"purged {removed} cached status(es)")
+        print(f"purged {removed} cached entr{'y' if removed == 1 else 'ies'} "
+              "(statuses, probes, MTA-STS policies)")
     else:
         print(f"{domain}: purged" if removed else f"{domain}: was not cached")
     return 0

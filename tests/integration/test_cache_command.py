@@ -243,7 +243,8 @@ def test_redis_backend(tmp_path: Path, redis_server: RedisServer) -> None:
     assert json.loads(shown.stdout)["status"]["status"] == "dane"
     stats = json.loads(run("stats", "--json", "--config", str(config)).stdout)
     assert (stats["backend"], stats["entries"], stats["connected"]) == ("redis", 1, True)
-    assert run("purge", "--config", str(config)).stdout == "purged 1 cached status(es)\n"
+    assert run("purge", "--config", str(config)).stdout == (
+        "purged 1 cached entry (statuses, probes, MTA-STS policies)\n")
     redis_server.kill()
     down = run("stats", "--config", str(config))
     assert down.returncode == 1
