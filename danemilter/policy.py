@@ -34,7 +34,7 @@ from danemilter.config.model import (
 )
 from danemilter.deadline import Deadline
 from danemilter.judge import OcspState, PkixVerdict
-from danemilter.mtasts import StsState, StsStatus
+from danemilter.mtasts import StsPolicy, StsState, StsStatus
 from danemilter.probe_result import DomainProbe, OcspRequest, ProbeResult
 from danemilter.status import DomainState, DomainStatus, HostState
 
@@ -224,6 +224,16 @@ def _ocsp_problem(rule: Rule, probes: Sequence[ProbeResult]) -> tuple[bool, str]
     return None
 
 
+def sts_named_hosts(status: DomainStatus, policy: StsPolicy) -> tuple[bool, frozenset[int]]:
+    """MTA-STS's share of a domain's MX hosts: whether it governs any (deliverable, not
+    covered by DANE), and the indices in ``status.hosts`` of those the policy names
+    (§4.1); only those are delivered to, so only their certificates matter (§4.2)."""
+    governed = [i for i, h in enumerate(status.hosts)
+                if h.deliverable and h.tlsa_state is not HostState.DANE]
+    return bool(governed), frozenset(i for i in governed
+                                     if policy.matches(status.hosts[i].name))
+
+
 class _StsShort(StrEnum):
     """How MTA-STS falls short of authenticated TLS for a domain without DANE."""
 
@@ -246,13 +256,11 @@ def _sts_problem(status: DomainStatus, sts: StsStatus | None,
     if not sts.enforced or sts.policy is None:
         return (_StsShort.LACKING,
                 f"no usable DANE records (status {status.status}) and MTA-STS is {sts.state}")
-    others = [i for i, h in enumerate(status.hosts)
-              if h.deliverable and h.tlsa_state is not HostState.DANE]
-    named = [i for i in others if sts.policy.matches(status.hosts[i].name)]
-    if others and not named:
+    governed, named = sts_named_hosts(status, sts.policy)
+    if governed and not named:
         return _StsShort.LACKING, (f"no MX host matches the MTA-STS policy "
                                    f"(mx: {', '.join(sts.policy.mx)})")
-    for index in named:
+    for index in sorted(named):
         for result in probes[index] if probes is not None and index < len(probes) else ():
             if result.pkix is PkixVerdict.FAILED:
                 return _StsShort.CERTIFICATE, (

@@ -27,12 +27,12 @@ from danemilter.errors import DanemilterError, UsageError
 from danemilter.judge import PkixVerdict
 from danemilter.mtasts import StsState, StsStatus
 from danemilter.names import normalize_domain
-from danemilter.policy import wants_sts
+from danemilter.policy import sts_named_hosts, wants_sts
 from danemilter.probe_result import DomainProbe, OcspRequest, ProbeResult
 from danemilter.resolver import ResolverSettings
 from danemilter.resolver_check import check_resolver
 from danemilter.service import Service
-from danemilter.status import DomainState, DomainStatus, HostState
+from danemilter.status import DomainState, DomainStatus
 
 _DEFAULT_DEADLINE = 5.0
 _MAX_TIMEOUT = 3600.0  # every wait has a deadline: not inf, not nan
@@ -294,17 +294,17 @@ def nagios_verdict(probe: DomainProbe, sts: StsStatus | None = None) -> tuple[in
     if sts is not None and sts.state in (StsState.INVALID, StsState.TEMPFAIL):
         code = max(code, 1)
         notes.append(f"MTA-STS {sts.state}: {sts.reason}")
-    others = [h for h in status.hosts if h.deliverable and h.tlsa_state is not HostState.DANE]
-    if enforced is not None and others and not any(enforced.matches(h.name) for h in others):
-        code = 2
-        notes.append(f"no MX host matches the MTA-STS policy (mx: {', '.join(enforced.mx)})")
-    for host, results in zip(status.hosts, probe.probes, strict=True):
-        named = (enforced is not None and host.tlsa_state is not HostState.DANE
-                 and enforced.matches(host.name))
+    named: frozenset[int] = frozenset()
+    if enforced is not None:
+        governed, named = sts_named_hosts(status, enforced)
+        if governed and not named:
+            code = 2
+            notes.append(f"no MX host matches the MTA-STS policy (mx: {', '.join(enforced.mx)})")
+    for index, (host, results) in enumerate(zip(status.hosts, probe.probes, strict=True)):
         for result in results:
             where = f"{host.name} [{result.address}]"
             level, what = _probe_level(result)
-            if named and result.pkix is PkixVerdict.FAILED:
+            if index in named and result.pkix is PkixVerdict.FAILED:
                 level, what = 2, f"MTA-STS certificate check failed: {result.pkix_reason}"
             if level:
                 notes.append(f"{where} {what}")
