@@ -67,7 +67,7 @@ def written_ahead(stored_at: float, now: float) -> bool:
     return stored_at > now + CLOCK_SKEW
 
 
-def drop_unread(backend: CacheBackend, key: str, problem: ValueError, what: str, *,
+def drop_unread(backend: CacheBackend, key: str, problem: Exception, what: str, *,
                 inspect: bool) -> None:
     """An entry that does not decode: deleted (it would only be read again), unless the
     reader is only looking (``cache show`` changes nothing). An entry of another format

@@ -26,8 +26,11 @@ def sts_key(domain: str) -> str:
 
 
 class StsCache:
-    def __init__(self, backend: CacheBackend, lru_entries: int) -> None:
+    def __init__(self, backend: CacheBackend, lru_entries: int, *,
+                 inspect: bool = False) -> None:
         self.backend = backend
+        # Only looking (``cache show``): a corrupt entry is reported, not deleted.
+        self.inspect = inspect
         self._verdicts: ExpiringLru[tuple[StsStatus, float]] = ExpiringLru(
             lru_entries, lambda held: held[1])
 
@@ -38,10 +41,9 @@ class StsCache:
     def keep_verdict(self, status: StsStatus, until: float) -> None:
         self._verdicts.put(status.domain, (status, until))
 
-    def policy(self, domain: str, now: float, *, drop_corrupt: bool = True
-               ) -> CachedPolicy | None:
+    def policy(self, domain: str, now: float) -> CachedPolicy | None:
         """The fresh cached policy of ``domain``, or None. A corrupt entry is a miss and
-        is deleted, unless ``drop_corrupt`` is False (``danemilter cache show``: looking
+        is deleted, unless the cache only inspects (``danemilter cache show``: looking
         must change nothing, and the entry is evidence)."""
         key = sts_key(domain)
         # No policy lives longer than a year (§3.2), whatever the clock did since.
@@ -51,8 +53,8 @@ class StsCache:
         try:
             cached = _decode(found[0])
         except (ValueError, KeyError, TypeError, StsError) as exc:
-            drop_unread(self.backend, key, ValueError(str(exc)),
-                        f"cached MTA-STS policy of {domain}", inspect=not drop_corrupt)
+            drop_unread(self.backend, key, exc, f"cached MTA-STS policy of {domain}",
+                        inspect=self.inspect)
             return None
         if written_ahead(cached.fetched_at, now):
             # Fetched before this clock was stepped back: its age, hence whether its

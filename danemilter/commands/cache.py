@@ -99,8 +99,8 @@ def _show(args: argparse.Namespace) -> int:
         entry = cache.lookup(domain, now)
         probes = ProbeCache(cache.backend, cache.settings, inspect=True).stored(domain, now)
         # A domain DANE decides has no policy; one without DANE may have only a policy.
-        policy = StsCache(cache.backend, cache.settings.lru_entries).policy(
-            domain, now, drop_corrupt=False)
+        policy = StsCache(cache.backend, cache.settings.lru_entries,
+                          inspect=True).policy(domain, now)
     finally:
         cache.close()
     # Whether the cached probes were taken under the cached DNS data (else unused).

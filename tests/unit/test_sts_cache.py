@@ -111,6 +111,6 @@ def test_an_inspecting_reader_leaves_a_corrupt_entry(backend: CacheBackend, valu
                                                      ) -> None:
     backend.put(sts_key("example.net"), value, NOW + 60)
     with caplog.at_level(logging.WARNING, logger="danemilter.cache.sts"):
-        assert StsCache(backend, 10).policy("example.net", NOW, drop_corrupt=False) is None
+        assert StsCache(backend, 10, inspect=True).policy("example.net", NOW) is None
     assert "leaving a corrupt cached MTA-STS policy of example.net" in caplog.text
     assert backend.get(sts_key("example.net")) == (value, NOW + 60)
