@@ -387,10 +387,6 @@ def test_pkix_failures_defer_through_postfix(postfix_stack: tuple[PrivatePostfix
 
 def test_verify_json_shows_the_mta_sts_verdict_of_every_fixture(world: World,
                                                                 tmp_path: Path) -> None:
-    resolver, sts = world.settings()
-    config = tmp_path / "danemilter.yaml"
-    config.write_text(f"resolver: {{address: 127.0.0.1, port: {resolver.port}}}\n"
-                      f"mta_sts: {{port: {sts.port}, ca_file: {sts.ca_file}}}\n")
     expected = {"enforce": "enforce", "testing": "testing", "none": "none",
                 "ctype": "invalid", "big": "invalid", "redirect": "invalid",
                 "wrongname": "invalid", "nomatch": "enforce", "down": "tempfail",
@@ -399,10 +395,8 @@ def test_verify_json_shows_the_mta_sts_verdict_of_every_fixture(world: World,
     # Every domain of the zone, so that a fixture added without a verdict here fails.
     assert {f"{label}.sts.test" for label in expected} == {
         record.split()[0] + ".sts.test" for record in ZONE.records if " MX " in record}
-    result = subprocess.run(
-        [sys.executable, "-m", "danemilter", "verify", "--dns-only", "--json", "--no-cache",
-         "--config", str(config), *(f"{label}.sts.test" for label in expected)],
-        capture_output=True, text=True, timeout=60, check=False)
+    result = verify(world, tmp_path, "--dns-only", "--json",
+                    *(f"{label}.sts.test" for label in expected))
     assert result.returncode == 0, result.stderr
     got = {doc["domain"].removesuffix(".sts.test"): (doc["sts"] or {}).get("state")
            for doc in json.loads(result.stdout)}
