@@ -15,6 +15,7 @@ from tests.support.ports import free_port, unix_socket_accepts
 from tests.support.postfix import wait_for
 
 _START_TIMEOUT = 20.0
+_STARTED = "danemilter: INFO listening on "
 
 
 class MilterProcess:
@@ -56,11 +57,16 @@ class MilterProcess:
             stdout=log, stderr=log,
         )
         log.close()
-        wait_for(self._accepting, _START_TIMEOUT, "the milter socket")
+        wait_for(self._ready, _START_TIMEOUT, "the milter socket and its start-up line")
 
-    def _accepting(self) -> bool:
+    def _ready(self) -> bool:
+        # The milter socket accepts (into its backlog) as soon as it is bound, before the
+        # policy socket is: the "listening on" line comes once the daemon serves both.
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"milter exited with {self.process.returncode}: {self.log()}")
+        return self._accepting() and _STARTED in self.log()
+
+    def _accepting(self) -> bool:
         return self.socket.exists() and unix_socket_accepts(self.socket)
 
     def log(self) -> str:
@@ -101,8 +107,6 @@ class InetMilterProcess(MilterProcess):
         return f"inet:127.0.0.1:{self.port}"
 
     def _accepting(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"milter exited with {self.process.returncode}: {self.log()}")
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
         except OSError:
