@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import select
 import socket
@@ -53,6 +54,7 @@ from danemilter.judge import (
     reference_names,
 )
 from danemilter.probe_result import (
+    SYSTEM_TRUST,
     DomainProbe,
     OcspRequest,
     ProbeResult,
@@ -207,16 +209,43 @@ class _Contexts:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._contexts: dict[str | None, tuple[object, SSL.Context, str | None]] = {}
+        self._contexts: dict[str | None, _TrustStore] = {}
 
-    def get(self, ca_file: str | None) -> tuple[SSL.Context, str | None]:
-        """The context, and why its trust store is unusable (None: it is usable)."""
+    def get(self, ca_file: str | None) -> _TrustStore:
         version = file_version(ca_file)
         with self._lock:
             found = self._contexts.get(ca_file)
-            if found is None or found[0] != version:
-                found = self._contexts[ca_file] = (version, *_make_context(ca_file))
-            return found[1], found[2]
+            if found is None or found.version != version:
+                found = self._contexts[ca_file] = _TrustStore(
+                    version, *_make_context(ca_file), _content_label(ca_file))
+            return found
+
+
+@dataclass(frozen=True, slots=True)
+class _TrustStore:
+    version: object
+    context: SSL.Context
+    problem: str | None  # why the store is unusable; None: usable
+    label: str
+
+
+def _content_label(ca_file: str | None) -> str:
+    # By content, not by path alone: a rewritten CA file changes PKIX verdicts, and
+    # daemons sharing a Redis cache agree on a file that is the same everywhere.
+    if ca_file is None:
+        return SYSTEM_TRUST
+    try:
+        with open(ca_file, "rb") as pem:
+            digest = hashlib.sha256(pem.read()).hexdigest()[:16]
+    except OSError as exc:
+        return f"{ca_file}@unreadable:{exc.errno}"
+    return f"{ca_file}@sha256:{digest}"
+
+
+def trust_label(ca_file: str | None) -> str:
+    """The trust store PKIX verdicts are judged against, named by its content: a probe
+    cached under another label is not used (ProbeCache)."""
+    return _contexts.get(ca_file).label
 
 
 def _make_context(ca_file: str | None) -> tuple[SSL.Context, str | None]:
@@ -243,7 +272,8 @@ _contexts = _Contexts()
 
 def _tls(sock: socket.socket, sni: str | None, request_staple: bool,
          deadline: float, ca_file: str | None) -> _Handshake:
-    context, trust_problem = _contexts.get(ca_file)
+    store = _contexts.get(ca_file)
+    context, trust_problem = store.context, store.problem
     findings = _Findings()
     conn = SSL.Connection(context, sock)
     conn.set_app_data(findings)

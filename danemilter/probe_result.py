@@ -15,6 +15,8 @@ from typing import Any
 from danemilter.judge import DaneVerdict, OcspState, PkixVerdict, wants_staple
 from danemilter.status import DomainState, DomainStatus, HostState, HostStatus
 
+# The trust label of PKIX verdicts judged against the system's store (no mta_sts.ca_file).
+SYSTEM_TRUST = "system"
 
 class OcspRequest(StrEnum):
     """Which probes ask for a staple: ``auto`` where Exim would (a staple can be checked)."""

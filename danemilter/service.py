@@ -53,7 +53,7 @@ from danemilter.mtasts import (
 )
 from danemilter.mtasts_fetch import Discovery, FetchResult, discover, fetch_policy, tls_context
 from danemilter.policy import Decision, decide_domain, staple_request
-from danemilter.probe import probe_domains, probe_within
+from danemilter.probe import probe_domains, probe_within, trust_label
 from danemilter.probe_result import DomainProbe, OcspRequest
 from danemilter.resolver import Resolver
 from danemilter.status import DomainStatus, not_validating
@@ -217,9 +217,7 @@ class Service:
             return None
         ocsp = staple_request(rule)
         try:
-            cached = await asyncio.to_thread(self.probe_cache.get, status, settings.port,
-                                             ocsp, time.time(),
-                                             ca_file=self.sts_settings.ca_file)
+            cached = await asyncio.to_thread(self._cached_probe, status, settings.port, ocsp)
         except Exception:
             log.exception("reading the cached probe of %s failed", status.domain)
             cached = None
@@ -235,8 +233,17 @@ class Service:
         return await self.inflight.join(("probe", status.domain, ocsp), deadline,
                                         lambda: self._probe(status, ocsp, settings, deadline))
 
+    def _cached_probe(self, status: DomainStatus, port: int, ocsp: OcspRequest
+                      ) -> DomainProbe | None:
+        # In a worker thread: the trust label stats (and after a change reads) the CA file.
+        return self.probe_cache.get(status, port, ocsp, time.time(),
+                                    trust=trust_label(self.sts_settings.ca_file))
+
     async def _probe(self, status: DomainStatus, ocsp: OcspRequest, settings: ProbeSettings,
                      deadline: Deadline) -> DomainProbe:
+        # Named before probing: a CA file rewritten meanwhile leaves this entry a miss,
+        # never a verdict from the old roots under the new file's name.
+        trust = await asyncio.to_thread(trust_label, self.sts_settings.ca_file)
         started = time.monotonic()
         probe = await probe_within(status, deadline=deadline.earlier(PROBE_MARGIN),
                                    port=settings.port,
@@ -248,7 +255,7 @@ class Service:
         for host in probe.probes:
             for result in host:
                 METRICS.probe_outcomes[str(result.dane)] += 1
-        await self._store_probe(status, probe, settings, ocsp)
+        await self._store_probe(status, probe, settings, ocsp, trust)
         return probe
 
     async def probe_each(self, statuses: Sequence[DomainStatus], ocsp: OcspRequest,
@@ -258,11 +265,12 @@ class Service:
         by ``settings.timeout`` rather than by a recipient's deadline, in the process's
         pool; cached results where fresh (unless ``fresh``), new ones stored."""
         found: dict[int, DomainProbe] = {}
+        trust = await asyncio.to_thread(trust_label, self.sts_settings.ca_file)
         if not fresh:
             now = time.time()
             for index, status in enumerate(statuses):
                 hit = await asyncio.to_thread(self.probe_cache.get, status, settings.port,
-                                              ocsp, now, ca_file=self.sts_settings.ca_file)
+                                              ocsp, now, trust=trust)
                 if hit is not None:
                     found[index] = hit
         missing = [i for i in range(len(statuses)) if i not in found]
@@ -273,15 +281,14 @@ class Service:
             ocsp=ocsp, ca_file=self.sts_settings.ca_file)
         for index, probe in zip(missing, probed, strict=True):
             found[index] = probe
-            await self._store_probe(statuses[index], probe, settings, ocsp)
+            await self._store_probe(statuses[index], probe, settings, ocsp, trust)
         return [found[i] for i in range(len(statuses))]
 
     async def _store_probe(self, status: DomainStatus, probe: DomainProbe,
-                           settings: ProbeSettings, ocsp: OcspRequest) -> None:
+                           settings: ProbeSettings, ocsp: OcspRequest, trust: str) -> None:
         try:
             await asyncio.to_thread(self.probe_cache.put, status, probe, settings.port, ocsp,
-                                    ttl=settings.cache_ttl, now=time.time(),
-                                    ca_file=self.sts_settings.ca_file)
+                                    ttl=settings.cache_ttl, now=time.time(), trust=trust)
         except Exception:
             log.exception("storing the probe of %s in the cache failed", status.domain)
 

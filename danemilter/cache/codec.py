@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from danemilter.errors import InputError
 from danemilter.judge import DaneVerdict, OcspState, PkixVerdict
-from danemilter.probe_result import ProbeResult
+from danemilter.probe_result import SYSTEM_TRUST, ProbeResult
 from danemilter.status import DomainState, DomainStatus, HostState, HostStatus
 from danemilter.tlsa import TLSARecord
 
@@ -191,7 +191,6 @@ _OCSP_REQUESTS = frozenset({"auto", "always", "never"})
 _PROBE_KEYS = {"address", "port", "starttls", "tls_version", "dane", "depth", "ocsp",
                "reason", "ocsp_reason", "ocsp_url", "must_staple", "failed_at", "seconds",
                "pkix", "pkix_reason"}
-SYSTEM_TRUST = "system"
 # Probe entries gained the PKIX verdict and its trust store in version 3: an older entry
 # is a miss (probes are short-lived), not a probe whose certificate was never judged.
 PROBE_VERSION = 3
@@ -204,12 +203,8 @@ class ProbeEntry:
     ocsp: str
     fingerprint: str
     stored_at: float
-    # The trust store the PKIX verdicts were judged against (a CA file, or "system").
+    # The trust store the PKIX verdicts were judged against (probe.trust_label).
     trust: str = SYSTEM_TRUST
-
-
-def trust_label(ca_file: str | None) -> str:
-    return ca_file or SYSTEM_TRUST
 
 
 def encode_probes(probes: Sequence[Sequence[ProbeResult]], *, port: int, ocsp: str,

@@ -25,11 +25,10 @@ from danemilter.cache.codec import (
     ProbeEntry,
     decode_probes,
     encode_probes,
-    trust_label,
 )
 from danemilter.cache.lru import ExpiringLru
 from danemilter.cache.settings import CacheSettings
-from danemilter.probe_result import DomainProbe, OcspRequest, domain_verdict
+from danemilter.probe_result import SYSTEM_TRUST, DomainProbe, OcspRequest, domain_verdict
 from danemilter.status import DomainStatus
 
 log = logging.getLogger(__name__)
@@ -81,11 +80,11 @@ class ProbeCache:
                                                       max_bytes=settings.memory_max_bytes)
 
     def get(self, status: DomainStatus, port: int, ocsp: OcspRequest,
-            now: float, *, ca_file: str | None = None) -> DomainProbe | None:
+            now: float, *, trust: str = SYSTEM_TRUST) -> DomainProbe | None:
         """The cached probe of ``status.domain`` if it is fresh and was taken under the
-        same DNS data, port, staple request and trust store (``ca_file``: its PKIX
-        verdicts); its status is ``status`` as judged by those probes
-        (``dane-mismatch`` when one showed a mismatch)."""
+        same DNS data, port, staple request and trust store (``trust``, as
+        probe.trust_label names it: its PKIX verdicts); its status is ``status`` as
+        judged by those probes (``dane-mismatch`` when one showed a mismatch)."""
         held = self._front.get(status.domain, now)
         if held is None:
             found = self._backend_get(status.domain, now)
@@ -95,19 +94,18 @@ class ProbeCache:
             self._front.put(status.domain, held, now=now, size=size)
         entry = held.entry
         if (entry.port != port or entry.ocsp != ocsp or entry.fingerprint != fingerprint(status)
-                or entry.trust != trust_label(ca_file) or len(entry.probes) != len(status.hosts)):
+                or entry.trust != trust or len(entry.probes) != len(status.hosts)):
             return None
         return DomainProbe(domain_verdict(status, entry.probes), entry.probes)
 
     def put(self, status: DomainStatus, probe: DomainProbe, port: int, ocsp: OcspRequest, *,
-            ttl: int, now: float, ca_file: str | None = None) -> bool:
-        """Keep ``probe`` (taken under ``status``, PKIX judged against ``ca_file`` or the
-        system's store); False when its lifetime is 0."""
+            ttl: int, now: float, trust: str = SYSTEM_TRUST) -> bool:
+        """Keep ``probe`` (taken under ``status``, PKIX judged against the store that
+        ``trust`` names); False when its lifetime is 0."""
         seconds = probe_lifetime(probe, ttl, self.settings)
         if seconds <= 0:
             return False
-        entry = ProbeEntry(probe.probes, port, ocsp, fingerprint(status), now,
-                           trust_label(ca_file))
+        entry = ProbeEntry(probe.probes, port, ocsp, fingerprint(status), now, trust)
         held = _Held(entry, now + seconds)
         value = encode_probes(entry.probes, port=port, ocsp=ocsp,
                               fingerprint=entry.fingerprint, stored_at=now,

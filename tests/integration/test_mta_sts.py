@@ -534,6 +534,38 @@ def test_new_roots_in_the_same_ca_file_count_at_once(world: World, tmp_path: Pat
     assert pkix() == (PkixVerdict.VERIFIED, f"chain valid under PKIX for {name}")
 
 
+def test_a_cached_probe_is_not_used_once_its_ca_file_is_rewritten(world: World,
+                                                                 tmp_path: Path) -> None:
+    # The probe cache outlives a CA-file edit (probe.cache_ttl): a verdict judged under
+    # the old roots must be a miss. Here the operator withdraws a root the MX chains to.
+    ca_file = tmp_path / "roots.pem"
+    ca_file.write_bytes(world.server.ca_file.read_bytes())
+    resolver, sts = world.settings()
+    sts = MtaStsSettings(port=sts.port, ca_file=str(ca_file), timeout=5)
+    probing = ProbeSettings(port=world.smtp_port, allow_private=True, timeout=5,
+                            cache_ttl=3600)
+    settings = Settings(resolver=resolver, mta_sts=sts, probe=probing)
+    service = Service(resolver, cached(tmp_path, "rewritten-ca"), sts)
+
+    async def decide() -> Decision:
+        return (await service.decision("good.pkix.sts.test", PROBING, settings,
+                                       Deadline.after(8)))[0]
+
+    async def run() -> tuple[Decision, Decision, Decision]:
+        try:
+            before = await decide()
+            again = await decide()  # the same roots: the cached probe
+            ca_file.write_bytes(make_ca("some other root").pem())
+            return before, again, await decide()  # the policy itself stays cached
+        finally:
+            await service.aclose()
+
+    before, again, after = asyncio.run(run())
+    assert before.reply is None and again.reply is None, (before, again)
+    assert (service.probe_hits, service.probe_misses) == (1, 2)
+    assert after.reply is not None and "unable to get local issuer" in after.reason, after
+
+
 def test_new_roots_count_for_policy_fetches_without_a_restart(world: World,
                                                               tmp_path: Path) -> None:
     ca_file = tmp_path / "roots.pem"

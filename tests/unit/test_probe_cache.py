@@ -185,14 +185,15 @@ def test_an_entry_from_before_the_pkix_verdict_is_a_quiet_miss(
 
 
 def test_a_probe_judged_against_another_trust_store_is_a_miss() -> None:
-    # Changing mta_sts.ca_file changes every PKIX verdict: the old ones must not be used.
+    # Another CA file, or the same one rewritten, changes every PKIX verdict: the old
+    # ones must not be used.
     probes = cache()
     assert probes.put(dane_status(), probe_of(result()), 25, OcspRequest.AUTO, ttl=600,
-                      now=NOW, ca_file="/etc/danemilter/roots.pem")
+                      now=NOW, trust="/etc/danemilter/roots.pem@sha256:00aa")
     assert probes.get(dane_status(), 25, OcspRequest.AUTO, NOW + 1,
-                      ca_file="/etc/danemilter/roots.pem") is not None
+                      trust="/etc/danemilter/roots.pem@sha256:00aa") is not None
     assert probes.get(dane_status(), 25, OcspRequest.AUTO, NOW + 1) is None
     assert probes.get(dane_status(), 25, OcspRequest.AUTO, NOW + 1,
-                      ca_file="/etc/danemilter/other.pem") is None
+                      trust="/etc/danemilter/roots.pem@sha256:11bb") is None
     stored = probes.stored("example.org", NOW + 1)
-    assert stored is not None and stored[0].trust == "/etc/danemilter/roots.pem"
+    assert stored is not None and stored[0].trust == "/etc/danemilter/roots.pem@sha256:00aa"
