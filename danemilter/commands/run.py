@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import contextlib
 import grp
 import logging
 import os
@@ -11,8 +13,9 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Coroutine
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from danemilter.config import (
     DEFAULT_PATH,
@@ -42,6 +45,7 @@ from danemilter.sdnotify import Notifier, watchdog_interval
 from danemilter.service import LoopThread, Service
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # libmilter's I/O timeout towards the MTA; Postfix's own milter timeouts are shorter.
 _MTA_TIMEOUT = 600
@@ -358,9 +362,8 @@ class _Daemon:
 
 def _serve_libmilter(path: str | None, settings: Settings,
                      first_check: ResolverCheck | None = None) -> int:
-    """``transport: libmilter``: libmilter's threads, the service on a loop thread.
-    The resolver is checked at start-up and at every reload; only the asyncio transport
-    also checks it periodically."""
+    """``transport: libmilter``: libmilter's threads, the service on a loop thread, and
+    the resolver monitor on a loop of its own (it outlives the engines reloads replace)."""
     import Milter  # noqa: PLC0415 - only this transport needs the C library
 
     from danemilter.milter.libmilter import DaneMilter  # noqa: PLC0415
@@ -404,6 +407,7 @@ def _serve_libmilter(path: str | None, settings: Settings,
     server = threading.Thread(target=serve, name="libmilter", daemon=True)
     server.start()
     notifier = Notifier()
+    monitor = _MonitorThread(settings, first_check, ref, notifier)
     if _wait_until_listening(settings, stop):
         _set_socket_group(settings)
         _log_started(settings)
@@ -421,7 +425,7 @@ def _serve_libmilter(path: str | None, settings: Settings,
             reload_requested.clear()
             stop.clear()
             notifier.reloading()
-            replacement = _reload_libmilter(path, ref, engine)
+            replacement = _reload_libmilter(path, ref, engine, monitor)
             notifier.ready(f"listening on {ref.get().settings.listen}")
             longest_deadline = max(longest_deadline, ref.get().settings.deadline)
             # Engines already closed by their timers need not be kept for the exit.
@@ -438,6 +442,7 @@ def _serve_libmilter(path: str | None, settings: Settings,
         break
 
     notifier.stopping()
+    monitor.close()
     if server.is_alive():
         Milter.stop()
         server.join(timeout=10)
@@ -486,7 +491,8 @@ def _retire(engine: LoopThread) -> None:
     log.info("closed the resolver and cache replaced by a reload")
 
 
-def _reload_libmilter(path: str | None, ref: RuntimeRef, engine: LoopThread) -> LoopThread:
+def _reload_libmilter(path: str | None, ref: RuntimeRef, engine: LoopThread,
+                      monitor: _MonitorThread) -> LoopThread:
     """Swap in the re-read policy as the asyncio transport does (the same preparation,
     resolver check included, on the engine's loop); an invalid file keeps the running one."""
     current = ref.get().settings
@@ -504,5 +510,49 @@ def _reload_libmilter(path: str | None, ref: RuntimeRef, engine: LoopThread) -> 
     ref.set(Runtime(settings, engine.service))
     _setup_logging(settings.log_level)
     _apply_check(engine.service, check, was)
+    monitor.replace(settings, check)
     log.info("reloaded %s", settings.source)
     return engine
+
+
+class _MonitorThread:
+    """The asyncio transport's periodic resolver check, for libmilter: a ResolverMonitor
+    on a loop thread of its own, applying each outcome to whichever service is current."""
+
+    def __init__(self, settings: Settings, first_check: ResolverCheck | None,
+                 ref: RuntimeRef, notifier: Notifier) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever,
+                                        name="danemilter-resolver-check", daemon=True)
+        self._thread.start()
+        self._ref = ref
+        self._notifier = notifier
+
+        async def start() -> ResolverMonitor:
+            monitor = ResolverMonitor(settings.resolver, settings.resolver_check,
+                                      self._checked, first_check)
+            monitor.start()
+            return monitor
+
+        self.monitor = self._call(start())
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(_RELOAD_TIMEOUT)
+
+    def _checked(self, result: ResolverCheck) -> None:
+        service = self._ref.get().service
+        _apply_check(service, result, getattr(service, "degraded", None))
+        self._notifier.status(f"listening on {self._ref.get().settings.listen}; "
+                              f"{result.line()}")
+
+    def replace(self, settings: Settings, check: ResolverCheck | None) -> None:
+        self.loop.call_soon_threadsafe(self.monitor.replace, settings.resolver,
+                                       settings.resolver_check, check)
+
+    def close(self) -> None:
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self._call(self.monitor.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()

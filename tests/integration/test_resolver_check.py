@@ -22,6 +22,7 @@ from danemilter import resolver_check
 from danemilter.config import ResolverCheckSettings, ResolverSettings
 from danemilter.resolver_check import ResolverCheck, ResolverMonitor, ResolverState, check_resolver
 from tests.support.dnsbed import DnssecTestBed
+from tests.support.dnsrelay import DnsRelay
 from tests.support.mailstack import mail_stack
 from tests.support.milterproc import MilterProcess
 from tests.support.plain_resolver import NonValidatingResolver
@@ -195,6 +196,29 @@ def test_refuse_is_the_default_and_a_validating_resolver_starts_it(
         milter.reload(good)  # and a validating one is taken again
     finally:
         assert milter.stop() == 0
+
+
+@pytest.mark.parametrize("transport", ["asyncio", "libmilter"])
+def test_a_running_daemon_notices_its_resolver_stop_validating(
+        dns_bed: DnssecTestBed, plain: NonValidatingResolver, transport: str) -> None:
+    # The same address throughout: a relay whose upstream the test switches, as when
+    # the operator's resolver is reconfigured under a running daemon.
+    with DnsRelay("127.0.0.1", ("127.0.0.1", dns_bed.resolver_port), port=free_port()) \
+            as relay:
+        milter = MilterProcess(
+            f"transport: {transport}\n" + _resolver(relay.port)
+            + f"resolver_check: {{mode: degrade, signed_name: {SIGNED}, interval: 10}}\n")
+        milter.start()
+        try:
+            assert f"resolver 127.0.0.1:{relay.port}: validating" in milter.log()
+            relay.upstream = ("127.0.0.1", plain.port)
+            started = time.monotonic()
+            wait_for(lambda: "no domain can be dane until it validates" in milter.log(), 20,
+                     "the periodic check's degradation")
+            assert time.monotonic() - started < 12  # within the 10 s interval
+            assert "not-validating" in milter.log().rsplit("listening on", 1)[1]
+        finally:
+            assert milter.stop() == 0
 
 
 def test_off_starts_without_asking_the_resolver(tmp_path: Path) -> None:
