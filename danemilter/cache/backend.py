@@ -57,14 +57,20 @@ def read_fresh(backend: CacheBackend, key: str, now: float, max_ttl: float = mat
     return found
 
 
-def written_ahead(stored_at: float, now: float) -> bool:
-    """Whether an entry written at ``stored_at`` comes from ``now``'s future.
+def written_ahead(stored_at: float, now: float, what: str | None = None) -> bool:
+    """Whether an entry written at ``stored_at`` comes from ``now``'s future (logged at
+    info as stale, naming ``what``, when given).
 
     A clock stepped back by less than ``max_ttl`` leaves every expiry within
     ``read_fresh``'s bound, yet the entry's age is unknown (after a step of a day, one
     with a minute to live would be believed for the day): such an entry is stale.
     """
-    return stored_at > now + CLOCK_SKEW
+    ahead = stored_at > now + CLOCK_SKEW
+    if ahead and what is not None:
+        # Once per entry and reader: the fresh lookup that follows replaces it.
+        log.info("%s was written %.0f s in the future (the clock stepped back?): stale",
+                 what, stored_at - now)
+    return ahead
 
 
 def drop_unread(backend: CacheBackend, key: str, problem: Exception, what: str, *,

@@ -139,6 +139,6 @@ class ProbeCache:
             drop_unread(self.backend, key, exc, f"cached probe of {domain}",
                         inspect=self.inspect)
             return None
-        if written_ahead(entry.stored_at, now):
+        if written_ahead(entry.stored_at, now, f"cached probe of {domain}"):
             return None
         return _Held(entry, expires_at), len(value)

@@ -113,8 +113,7 @@ class StatusCache:
             drop_unread(self.backend, key, exc, f"cache entry for {domain}",
                         inspect=self.inspect)
             return None
-        if written_ahead(decoded.stored_at, now):
-            log.debug("cached status of %s was stored in the future: stale", domain)
+        if written_ahead(decoded.stored_at, now, f"cached status of {domain}"):
             return None
         return CachedStatus(decoded.status, min(decoded.stored_at, now), expires_at), len(value)
 

@@ -56,11 +56,8 @@ class StsCache:
             drop_unread(self.backend, key, exc, f"cached MTA-STS policy of {domain}",
                         inspect=self.inspect)
             return None
-        if written_ahead(cached.fetched_at, now):
-            # Fetched before this clock was stepped back: its age, hence whether its
-            # max_age has passed, is unknown (issue 16). A re-fetch replaces it.
-            log.info("cached MTA-STS policy of %s was fetched in the future (%.0f s "
-                     "ahead): stale", domain, cached.fetched_at - now)
+        if written_ahead(cached.fetched_at, now, f"cached MTA-STS policy of {domain}"):
+            # Its age, hence whether its max_age has passed, is unknown (issue 16).
             return None
         return cached
 

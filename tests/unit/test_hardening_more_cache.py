@@ -60,6 +60,20 @@ def test_an_entry_stored_before_a_step_back_is_stale(step: float) -> None:
     assert StatusCache(backend, settings).lookup("d.test", NOW - CLOCK_SKEW) is not None
 
 
+def test_a_status_written_ahead_is_logged_once_at_info_like_policies_are(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Statuses, probes and policies share written_ahead and its one line (test_sts_cache
+    # and test_probe_cache read the others through the same function).
+    settings = CacheSettings(backend=BackendName.MEMORY, max_ttl=int(DAY), min_ttl=60)
+    backend = MemoryBackend(100)
+    StatusCache(backend, settings).put(_status("d.test"), NOW)
+    with caplog.at_level("DEBUG", logger="danemilter.cache"):
+        assert StatusCache(backend, settings).lookup("d.test", NOW - DAY / 2) is None
+    (line,) = [r for r in caplog.records if "in the future" in r.getMessage()]
+    assert line.levelname == "INFO"
+    assert line.getMessage().startswith("cached status of d.test was written 43200 s")
+
+
 def now_within_bounds(expires_at: float, now: float, max_ttl: float) -> bool:
     """What read_fresh alone checks: the expiry is ahead and not beyond max_ttl."""
     return now < expires_at <= now + max_ttl

@@ -197,3 +197,16 @@ def test_a_probe_judged_against_another_trust_store_is_a_miss() -> None:
                       trust="/etc/danemilter/roots.pem@sha256:11bb") is None
     stored = probes.stored("example.org", NOW + 1)
     assert stored is not None and stored[0].trust == "/etc/danemilter/roots.pem@sha256:00aa"
+
+
+def test_a_probe_written_before_a_step_back_is_stale_and_said_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    backend = MemoryBackend(100)
+    ProbeCache(backend, SETTINGS).put(dane_status(), probe_of(result()), 25, "auto",
+                                      ttl=3600, now=NOW)
+    with caplog.at_level("INFO", logger="danemilter.cache"):
+        # A fresh reader (nothing in its LRU) whose clock is ten minutes behind.
+        assert ProbeCache(backend, SETTINGS).get(dane_status(), 25, "auto", NOW - 600) is None
+    (line,) = [r for r in caplog.records if "in the future" in r.getMessage()]
+    assert line.levelname == "INFO" and "cached probe of example.org" in line.getMessage()
+    assert ProbeCache(backend, SETTINGS).get(dane_status(), 25, "auto", NOW + 1) is not None
