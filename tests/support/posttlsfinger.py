@@ -70,6 +70,7 @@ class PosttlsFinger:
             "inet_protocols = ipv4\n"
             "maillog_file = /dev/stdout\n"
         )
+        _cooled(directory / "main.cf")
         self.resolv_conf = directory / "resolv.conf"
         self.resolv_conf.write_text(f"nameserver {relay_address}\noptions trust-ad\n")
 
@@ -89,6 +90,14 @@ class PosttlsFinger:
             verbose: bool = False) -> FingerResult:
         return _finger(self.command(destination, level=level, timeout=timeout,
                                     verbose=verbose), self.env(), timeout)
+
+
+def _cooled(main_cf: Path) -> None:
+    # Postfix rereads a configuration file, 0.3 s at a time, until its mtime is over a
+    # second older than the read began ("pausing to let ... cool down"): a run right
+    # after the file was written would wait up to 2 s.
+    old = time.time() - 60
+    os.utime(main_cf, (old, old))
 
 
 def _finger(argv: list[str], env: dict[str, str], timeout: int) -> FingerResult:
@@ -118,11 +127,7 @@ class DirectFinger:
             "tls_append_default_CA = no\n"
             "maillog_file = /dev/stdout\n"
         )
-        # Postfix rereads a configuration file, 0.3 s at a time, until its mtime is over a
-        # second older than the read began ("pausing to let ... cool down"): a run right
-        # after the file was written would wait up to 2 s.
-        old = time.time() - 60
-        os.utime(main_cf, (old, old))
+        _cooled(main_cf)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "MAIL_CONFIG": str(self.directory)}
