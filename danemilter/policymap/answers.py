@@ -112,6 +112,37 @@ class SecureMatch:
         names = [p.removeprefix("*") if p.startswith("*.") else p for p in self.patterns]
         return f"secure match={':'.join(names)} servername=hostname"
 
+    def exim_ignore_hosts(self) -> str:
+        """An Exim host list for a dnslookup router's ``ignore_target_hosts``: every MX
+        host whose name the policy's patterns do not match is ignored (RFC 8461 §4.1).
+        Exim matches a ``^`` item against the host name, without case; the first item
+        that matches decides, so each pattern's negation keeps its hosts and ``*``
+        ignores the rest."""
+        kept = [f"!{exim_host_regex(pattern)}" for pattern in self.patterns]
+        return "<; " + " ; ".join([*kept, "*"])
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def exim_host_regex(pattern: str) -> str:
+    """An anchored PCRE for one MTA-STS ``mx`` pattern: ``*.example.net`` ->
+    ``^[^.]+\\.example\\.net$`` (the wildcard is exactly one leftmost label),
+    ``mx.example.com`` -> ``^mx\\.example\\.com$``."""
+    name = pattern.rstrip(".").lower()
+    wildcard = name.startswith("*.")
+    labels = name[2:].split(".") if wildcard else name.split(".")
+    # Policies are parsed to letters, digits and hyphens; anything else becomes a \xHH
+    # escape, so no character of a pattern can end the regex or the list (";", space).
+    escaped = ["".join(c if c in _HOST_CHARS else _escape(c) for c in label)
+               for label in labels]
+    return "^" + ("[^.]+\\." if wildcard else "") + "\\.".join(escaped) + "$"
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\x{{{code:x}}}"
+
 
 TlsAnswer = TlsPolicy | SecureMatch
 
@@ -169,6 +200,10 @@ class RcptLine:
 
     def encode(self) -> bytes:
         fields = [f"action={self.action}", f"status={self.status}", f"tls={self.tls}"]
+        if isinstance(self.tls, SecureMatch):
+            # Exim's delivery routes the domain only to hosts the policy names
+            # (packaging/exim/routers.conf).
+            fields.append(f"sts_ignore_hosts={_quoted(self.tls.exim_ignore_hosts())}")
         if self.code is not None and self.xcode is not None and self.text is not None:
             fields += [f"code={self.code}", f"xcode={self.xcode}",
                        f"text={_quoted(self.text)}"]

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from dataclasses import replace
 
 import pytest
 
 from danemilter.config.model import DaneMode, ErrorAction, FailAction, Policy, Rule, Settings
+from danemilter.mtasts import mx_matches
 from danemilter.policy import decide
 from danemilter.policymap import answers
-from danemilter.policymap.answers import NeedsStatus, TlsPolicy
+from danemilter.policymap.answers import NeedsStatus, SecureMatch, TlsPolicy
 from danemilter.policymap.netstring import (
     LineQuery,
     NetstringError,
@@ -229,6 +231,59 @@ def test_rcpt_line_quotes_what_exim_would_misread() -> None:
     refused = decide(status(DomainState.NONE), rule, ErrorAction.TEMPFAIL)
     line = answers.rcpt_line(SETTINGS, refused, TlsPolicy.DANE_ONLY).encode()
     assert b'text="say \\"no\\" \\\\ twice"' in line
+
+
+# MTA-STS mx pattern -> the regex Exim's ignore_target_hosts gets (RFC 8461 §4.1).
+REGEXES = [
+    ("mx.example.com", r"^mx\.example\.com$"),
+    ("*.example.net", r"^[^.]+\.example\.net$"),
+    ("MX.Example.COM.", r"^mx\.example\.com$"),  # no case, no final dot
+    ("mx-1.a-b.example", r"^mx-1\.a-b\.example$"),
+    ("a;b c", r"^a\x3bb\x20c$"),  # never parsed, but cannot end the regex or the list
+]
+
+
+@pytest.mark.parametrize(("pattern", "regex"), REGEXES, ids=[p for p, _ in REGEXES])
+def test_mx_pattern_regex(pattern: str, regex: str) -> None:
+    assert answers.exim_host_regex(pattern) == regex
+
+
+# (pattern, MX host name, matches): the regex must agree with mtasts.mx_matches.
+HOSTS = [
+    ("mx.example.com", "mx.example.com", True),
+    ("mx.example.com", "MX.EXAMPLE.COM", True),  # Exim matches host names without case
+    ("mx.example.com", "mxxexample.com", False),  # dots are escaped
+    ("mx.example.com", "a.mx.example.com", False),  # anchored
+    ("mx.example.com", "mx.example.com.evil", False),
+    ("*.example.net", "mx1.example.net", True),
+    ("*.example.net", "Mx1.Example.Net", True),
+    ("*.example.net", "a.b.example.net", False),  # one label, never two
+    ("*.example.net", "example.net", False),
+    ("*.example.net", ".example.net", False),
+    ("*.example.net", "mx1-example.net", False),
+    ("*.example.net", "mx1.example.network", False),
+]
+
+
+@pytest.mark.parametrize(("pattern", "host", "matches"), HOSTS)
+def test_mx_pattern_regex_matches_what_the_pattern_matches(pattern: str, host: str,
+                                                           matches: bool) -> None:
+    # Python's re stands in for Exim's PCRE: the regexes use their common subset.
+    regex = re.compile(answers.exim_host_regex(pattern), re.IGNORECASE)
+    assert bool(regex.search(host)) is matches
+    assert mx_matches(pattern, host) is matches
+
+
+def test_rcpt_line_of_an_mta_sts_domain_names_the_hosts_exim_ignores() -> None:
+    secure = SecureMatch(("mx.example.com", "*.example.net"))
+    assert secure.exim_ignore_hosts() == \
+        r"<; !^mx\.example\.com$ ; !^[^.]+\.example\.net$ ; *"
+    line = answers.RcptLine("accept", "none", secure).encode()
+    # _quoted doubles each backslash; Exim's ${extract} undoes it (test_exim_mta_sts).
+    assert line == (b'action=accept status=none tls=secure sts_ignore_hosts='
+                    b'"<; !^mx\\\\.example\\\\.com$ ; !^[^.]+\\\\.example\\\\.net$ ; *"\n')
+    assert b"sts_ignore_hosts" not in answers.RcptLine("accept", "dane",
+                                                       TlsPolicy.DANE_ONLY).encode()
 
 
 @pytest.mark.parametrize("module", ["danemilter.policymap.netstring",
