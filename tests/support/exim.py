@@ -10,6 +10,7 @@ namespace with its own passwd/group (the compiled-in Debian-exim user) and resol
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -17,7 +18,7 @@ import shutil
 import smtplib
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.support.delivery import wait_for_line
@@ -83,7 +84,7 @@ def exim_root() -> Path:
 
 CONFIG = """\
 DANEMILTER_SOCKET = {socket}
-keep_environment = LD_LIBRARY_PATH
+{macros}keep_environment = LD_LIBRARY_PATH
 exim_path = {root}/usr/sbin/exim4
 primary_hostname = mta.exim.test
 spool_directory = {run}/spool
@@ -114,13 +115,16 @@ begin retry
 
 
 class PrivateExim:
-    def __init__(self, policy_socket: Path | str, resolv_conf: Path) -> None:
+    def __init__(self, policy_socket: Path | str, resolv_conf: Path,
+                 sts_ca: Path | None = None) -> None:
         self.root = exim_root()
         self.run_dir = Path(tempfile.mkdtemp(prefix="dm-exim-"))
         self.run_dir.chmod(0o755)
         self.port = free_port()
         self.policy_socket = str(policy_socket)
         self.resolv_conf = resolv_conf
+        # The roots MTA-STS deliveries verify against (the fragments default to system).
+        self.sts_ca = sts_ca
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -129,8 +133,13 @@ class PrivateExim:
 
     def configure(self) -> None:
         run = self.run_dir
-        self.config.write_text(CONFIG.format(socket=self.policy_socket, root=self.root,
-                                             run=run, fragments=FRAGMENTS))
+        macros = ""
+        if self.sts_ca is not None:
+            # A copy in the run directory: Exim's delivery runs as Debian-exim.
+            shutil.copy(self.sts_ca, run / "sts-ca.pem")
+            macros = f"DANEMILTER_STS_CA = {run / 'sts-ca.pem'}\n"
+        self.config.write_text(CONFIG.format(socket=self.policy_socket, macros=macros,
+                                             root=self.root, run=run, fragments=FRAGMENTS))
         passwd = Path("/etc/passwd").read_text()
         group = Path("/etc/group").read_text()
         (run / "passwd").write_text(
@@ -201,3 +210,13 @@ class PrivateExim:
                 return replies, None
             code, _ = client.data(message.encode())
             return replies, code
+
+
+@contextlib.contextmanager
+def running(exim: PrivateExim) -> Iterator[PrivateExim]:
+    """``exim`` started, and stopped afterwards (also when it did not start)."""
+    try:
+        exim.start()
+        yield exim
+    finally:
+        exim.stop()

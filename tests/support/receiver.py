@@ -7,6 +7,11 @@ each message is kept with its envelope and whether it came over TLS. It binds
 server running beside the tests (Postfix: inet_interfaces = all) holds on every
 address. The MTAs under test reach it through a private /etc/services that names that
 port "smtp" (tests/support/delivery.py).
+
+Optionally it answers a TLS handshake by its SNI, as a host serving several MX names
+would: ``certificates`` maps a name to the chain (leaf first) it presents for it; any
+other name, or none, gets the default self-signed certificate. Each message records
+the SNI of its connection.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import random
 import socket
 import ssl
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,10 +41,12 @@ class Received:
     recipients: tuple[str, ...]
     tls: bool
     message: email.message.EmailMessage
+    sni: str | None = None
 
 
 class ReceivingServer:
-    def __init__(self, address: str, directory: Path, port: int = 25) -> None:
+    def __init__(self, address: str, directory: Path, port: int = 25,
+                 certificates: Mapping[str, Sequence[pki.Issued]] | None = None) -> None:
         self.address = address
         self.port = port
         # Self-signed, as many MX certificates are: DANE-EE(3) ignores names and issuers.
@@ -49,6 +57,17 @@ class ReceivingServer:
         (directory / "key.pem").write_bytes(issued.key_pem())
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+        self.context.sni_callback = self._choose
+        self._by_name: dict[str, ssl.SSLContext] = {}
+        for index, (name, chain) in enumerate((certificates or {}).items()):
+            cert, key = directory / f"sni-{index}.pem", directory / f"sni-{index}.key"
+            cert.write_bytes(b"".join(issued.pem() for issued in chain))
+            key.write_bytes(chain[0].key_pem())
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            self._by_name[name.lower()] = context
+        # The SNI of each handshake under way, by its socket (read once it completes).
+        self._sni: dict[int, str | None] = {}
         self.messages: list[Received] = []
         self.tls_connections = 0
         self._lock = threading.Lock()
@@ -57,11 +76,14 @@ class ReceivingServer:
         self._threads: list[threading.Thread] = []
 
     @classmethod
-    def on_spare_address(cls, directory: Path) -> ReceivingServer:
+    def on_spare_address(cls, directory: Path,
+                         certificates: Mapping[str, Sequence[pki.Issued]] | None = None
+                         ) -> ReceivingServer:
         last: OSError | None = None
         for _ in range(20):
             address = f"127.25.{random.randint(1, 254)}.{random.randint(1, 254)}"
-            server = cls(address, directory, port=free_port(address))
+            server = cls(address, directory, port=free_port(address),
+                         certificates=certificates)
             try:
                 server.start()
             except OSError as exc:
@@ -99,6 +121,14 @@ class ReceivingServer:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    def _choose(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None,
+                _: ssl.SSLContext) -> None:
+        with self._lock:
+            self._sni[id(sock)] = name
+        chosen = self._by_name.get((name or "").lower())
+        if chosen is not None:
+            sock.context = chosen
+
     def for_recipient(self, recipient: str) -> list[Received]:
         with self._lock:
             return [m for m in self.messages if recipient in m.recipients]
@@ -123,6 +153,7 @@ class ReceivingServer:
         conn: socket.socket = raw
         reader = conn.makefile("rb")
         tls = False
+        sni: str | None = None
         sender, recipients = "", list[str]()
 
         def say(line: str) -> None:
@@ -146,6 +177,7 @@ class ReceivingServer:
                 tls = True
                 with self._lock:
                     self.tls_connections += 1
+                    sni = self._sni.pop(id(conn), None)
             elif verb == "MAIL":
                 sender, recipients = command.partition(":")[2].strip(" <>"), []
                 say("250 2.1.0 ok")
@@ -160,7 +192,8 @@ class ReceivingServer:
                 parsed = email.message_from_bytes(bytes(body), policy=email.policy.default)
                 assert isinstance(parsed, email.message.EmailMessage)
                 with self._lock:
-                    self.messages.append(Received(sender, tuple(recipients), tls, parsed))
+                    self.messages.append(Received(sender, tuple(recipients), tls, parsed,
+                                                  sni))
                 say("250 2.0.0 queued")
             elif verb in ("RSET", "NOOP"):
                 say("250 2.0.0 ok")
