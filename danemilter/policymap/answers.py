@@ -115,7 +115,7 @@ class SecureMatch:
     def exim_ignore_hosts(self) -> str:
         """An Exim host list for a dnslookup router's ``ignore_target_hosts``: every MX
         host whose name the policy's patterns do not match is ignored (RFC 8461 §4.1).
-        Exim matches a ``^`` item against the host name, without case; the first item
+        Exim matches a ``^`` item against the host name; the first item
         that matches decides, so each pattern's negation keeps its hosts and ``*``
         ignores the rest."""
         kept = [f"!{exim_host_regex(pattern)}" for pattern in self.patterns]
@@ -126,9 +126,11 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 def exim_host_regex(pattern: str) -> str:
-    """An anchored PCRE for one MTA-STS ``mx`` pattern: ``*.example.net`` ->
-    ``^[^.]+\\.example\\.net$`` (the wildcard is exactly one leftmost label),
-    ``mx.example.com`` -> ``^mx\\.example\\.com$``."""
+    """An anchored, caseless PCRE for one MTA-STS ``mx`` pattern: ``*.example.net`` ->
+    ``^(?i:[^.]+\\.example\\.net)$`` (the wildcard is exactly one leftmost label),
+    ``mx.example.com`` -> ``^(?i:mx\\.example\\.com)$``. Caseless by itself, as
+    mtasts.mx_matches is: DNS keeps an MX name's case, and Exim's ``${if match}`` (where
+    an operator may reuse the list) is case-sensitive."""
     name = pattern.rstrip(".").lower()
     wildcard = name.startswith("*.")
     labels = name[2:].split(".") if wildcard else name.split(".")
@@ -136,7 +138,7 @@ def exim_host_regex(pattern: str) -> str:
     # escape, so no character of a pattern can end the regex or the list (";", space).
     escaped = ["".join(c if c in _HOST_CHARS else _escape(c) for c in label)
                for label in labels]
-    return "^" + ("[^.]+\\." if wildcard else "") + "\\.".join(escaped) + "$"
+    return "^(?i:" + ("[^.]+\\." if wildcard else "") + "\\.".join(escaped) + ")$"
 
 
 def _escape(char: str) -> str:
