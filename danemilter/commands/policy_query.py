@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Any
 
-from danemilter.config import chosen_path, load
+from danemilter.config import SYSTEMD_LISTEN, chosen_path, load
 from danemilter.errors import InputError, ListenError
 from danemilter.milter.listen import ListenSpec
 from danemilter.policymap.answers import MAP_NAME
@@ -50,6 +50,9 @@ def _address(args: argparse.Namespace) -> tuple[int, Any]:
         spec = settings.policy_listen()
         if spec is None:
             raise InputError(f"{settings.source}: policy_socket is off; name one with --socket")
+        if spec == SYSTEMD_LISTEN:
+            raise InputError(f"{settings.source}: systemd passes the policy socket; name "
+                             "its path with --socket (danemilter-policy.socket's ListenStream)")
     elif spec.startswith("/"):
         spec = f"unix:{spec}"
     try:

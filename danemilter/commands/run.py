@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from danemilter.config import (
     DEFAULT_PATH,
+    SYSTEMD_LISTEN,
     ConfigErrors,
     ResolverCheckMode,
     Settings,
@@ -31,6 +32,7 @@ from danemilter.logwriter import BatchingWriter
 from danemilter.metrics import METRICS, MetricsServer
 from danemilter.milter.listen import (
     ListenSpec,
+    SystemdSockets,
     claim_unix_path,
     open_listener,
     refuse_systemd_for_libmilter,
@@ -97,8 +99,13 @@ def _run(args: argparse.Namespace) -> int:
     # bound, is a one-line error (exit 2), never a takeover.
     policy_sock = None
     if settings.transport is Transport.ASYNCIO:
-        sock = open_listener(settings.listen, settings.socket_mode, settings.socket_group)
-        policy_sock = _open_policy_listener(settings, sock)
+        passed = None
+        if SYSTEMD_LISTEN in (settings.listen, settings.policy_listen()):
+            passed = SystemdSockets.take("listen" if settings.listen == SYSTEMD_LISTEN
+                                         else "policy_socket")
+        sock = open_listener(settings.listen, settings.socket_mode, settings.socket_group,
+                             systemd=passed)
+        policy_sock = _open_policy_listener(settings, sock, passed)
     else:
         sock = None
         listen = ListenSpec.parse(settings.listen)
@@ -125,18 +132,28 @@ def _run(args: argparse.Namespace) -> int:
         listener.stop()  # writes what is still queued
 
 
-def _open_policy_listener(settings: Settings, milter: socket.socket) -> socket.socket | None:
+def _open_policy_listener(settings: Settings, milter: socket.socket,
+                          passed: SystemdSockets | None) -> socket.socket | None:
     listen = settings.policy_listen()
     if listen is None:
         return None
     mode = settings.policy_socket_mode
     group = settings.policy_socket_group
     try:
+        if listen == SYSTEMD_LISTEN:
+            assert passed is not None
+            # Unset beside listen: systemd: danemilter-policy.socket's, if it is enabled.
+            found = passed.policy(required=settings.policy_socket == SYSTEMD_LISTEN)
+            if found is None:
+                log.info("no policy socket: systemd passed none (danemilter-policy.socket)")
+            return found
         return open_listener(listen, settings.socket_mode if mode is None else mode,
                              settings.socket_group if group is None else group)
     except ListenError as exc:
         milter.close()
-        raise ListenError(f"policy_socket: {exc}") from None
+        message = str(exc)
+        raise ListenError(message if message.startswith("policy_socket: ")
+                          else f"policy_socket: {message}") from None
 
 
 def _no_policy_socket_under_libmilter(settings: Settings) -> None:

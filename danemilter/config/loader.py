@@ -254,9 +254,9 @@ def _policy_socket(loader: _Loader, node: yaml.Node) -> str:
     value = loader.scalar(node, "policy_socket")
     if node.tag == "tag:yaml.org,2002:bool" and value.lower() in ("off", "false", "no"):
         return POLICY_SOCKET_OFF  # YAML 1.1 reads a bare `off` as false
-    if value != POLICY_SOCKET_OFF and (value == SYSTEMD_LISTEN or not LISTEN_SPEC.match(value)):
+    if value not in (POLICY_SOCKET_OFF, SYSTEMD_LISTEN) and not LISTEN_SPEC.match(value):
         raise loader.error(node, "policy_socket must be unix:/PATH, inet:PORT@HOST, "
-                           f"inet6:PORT@HOST or off, not {value!r}")
+                           f"inet6:PORT@HOST, systemd or off, not {value!r}")
     return value
 
 

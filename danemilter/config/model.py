@@ -421,8 +421,9 @@ class Settings:
     socket_mode: int | None = None
     socket_group: str | None = None
     # The TLS-policy socket (docs/policy-socket.md): None = policy.sock next to a unix
-    # milter socket (off for inet/systemd), "off", or a listen spec; mode and group
-    # default to the milter socket's.
+    # milter socket (off for inet; beside listen: systemd, the socket systemd passes
+    # named "policy", if any), "off", or a listen spec ("systemd": the one named
+    # "policy"); mode and group default to the milter socket's.
     policy_socket: str | None = None
     policy_socket_mode: int | None = None
     policy_socket_group: str | None = None
@@ -449,6 +450,8 @@ class Settings:
             return None
         if self.policy_socket is not None:
             return self.policy_socket
+        if self.listen == SYSTEMD_LISTEN:
+            return SYSTEMD_LISTEN
         scheme, _, path = self.listen.partition(":")
         if scheme not in ("unix", "local"):
             return None

@@ -98,12 +98,13 @@ def _bind_error(what: str, exc: OSError) -> ListenError:
     return ListenError(f"cannot listen on {what}: {why}")
 
 
-def open_listener(spec: str, mode: int | None = None, group: str | None = None
-                  ) -> socket.socket:
-    """A listening socket for ``spec`` (systemd: the one socket passed by systemd)."""
+def open_listener(spec: str, mode: int | None = None, group: str | None = None, *,
+                  systemd: SystemdSockets | None = None) -> socket.socket:
+    """A listening socket for ``spec`` (systemd: the milter's socket among those systemd
+    passed, ``systemd`` when they were taken already)."""
     parsed = ListenSpec.parse(spec)
     if parsed.kind == "systemd":
-        return _systemd_socket()
+        return (systemd or SystemdSockets.take()).milter()
     if parsed.kind == "unix":
         assert parsed.path is not None
         return _unix_socket(parsed.path, mode, group)
@@ -177,20 +178,66 @@ def _unix_socket(path: Path, mode: int | None, group: str | None) -> socket.sock
     return sock
 
 
+# FileDescriptorName= of the shipped units (danemilter.socket, danemilter-policy.socket).
+MILTER_FD_NAME = "milter"
+POLICY_FD_NAME = "policy"
+
+
+@dataclass(frozen=True, slots=True)
+class SystemdSockets:
+    """The listening sockets systemd passed (sd_listen_fds(3)), by FileDescriptorName."""
+
+    sockets: tuple[tuple[str, socket.socket], ...]
+
+    @classmethod
+    def take(cls, setting: str = "listen") -> SystemdSockets:
+        """The passed sockets; the environment that named them is cleared (not for our
+        children). ListenError (naming ``setting``, which asked for them) when systemd
+        passed none, or one that is not a stream."""
+        pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+        if pid != str(os.getpid()) or not count.isdigit() or int(count) < 1:
+            raise ListenError(f"{setting}: systemd, but systemd passed no socket "
+                              "(LISTEN_PID/LISTEN_FDS unset or for another process)")
+        names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
+        passed: list[tuple[str, socket.socket]] = []
+        for index in range(int(count)):
+            sock = socket.socket(fileno=_SD_LISTEN_FDS_START + index)
+            if sock.type != socket.SOCK_STREAM:
+                for _, taken in [*passed, ("", sock)]:
+                    with contextlib.suppress(OSError):
+                        taken.detach()  # the descriptors stay systemd's
+                raise ListenError(f"{setting}: systemd passed a socket that is not a "
+                                  "stream socket")
+            sock.setblocking(False)
+            passed.append((names[index] if index < len(names) else "", sock))
+        return cls(tuple(passed))
+
+    def milter(self) -> socket.socket:
+        """The milter's: the one socket passed, or the one named ``milter``."""
+        named = dict(self.sockets)
+        if len(self.sockets) == 1 and self.sockets[0][0] != POLICY_FD_NAME:
+            return self.sockets[0][1]
+        if MILTER_FD_NAME in named:
+            return named[MILTER_FD_NAME]
+        raise ListenError(f"listen: systemd passed {len(self.sockets)} socket(s) "
+                          f"({self._names()}) and none is the milter's "
+                          f"(FileDescriptorName={MILTER_FD_NAME})")
+
+    def policy(self, *, required: bool) -> socket.socket | None:
+        """The policy socket's, named ``policy``; None when systemd passed none and the
+        configuration did not ask for it (ListenError when it did)."""
+        found = dict(self.sockets).get(POLICY_FD_NAME)
+        if found is None and required:
+            raise ListenError(f"policy_socket: systemd passed no socket named "
+                              f"{POLICY_FD_NAME} ({self._names()}): enable "
+                              "danemilter-policy.socket")
+        return found
+
+    def _names(self) -> str:
+        return ", ".join(name or "unnamed" for name, _ in self.sockets)
+
+
 def _systemd_socket() -> socket.socket:
-    pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
-    if pid != str(os.getpid()) or not count.isdigit() or int(count) < 1:
-        raise ListenError("listen: systemd, but systemd passed no socket "
-                          "(LISTEN_PID/LISTEN_FDS unset or for another process)")
-    if int(count) > 1:
-        raise ListenError(f"listen: systemd passed {count} sockets; the milter takes one")
-    fd = _SD_LISTEN_FDS_START
-    sock = socket.socket(fileno=fd)
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)  # not for our children
-    if sock.type != socket.SOCK_STREAM:
-        with contextlib.suppress(OSError):
-            sock.detach()
-        raise ListenError("listen: systemd passed a socket that is not a stream socket")
-    sock.setblocking(False)
-    return sock
+    return SystemdSockets.take().milter()

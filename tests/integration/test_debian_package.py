@@ -61,7 +61,8 @@ def test_the_package_holds_what_it_must(deb: Path) -> None:
     names = {m.name.removeprefix(".") : m for m in files.getmembers()}
     link = names["/usr/bin/danemilter"]
     assert link.issym() and link.linkname == "/opt/danemilter/venv/bin/danemilter"
-    for unit in ("danemilter.service", "danemilter.socket", "danemilter-ocsp-fetch.timer"):
+    for unit in ("danemilter.service", "danemilter.socket", "danemilter-policy.socket",
+                 "danemilter-ocsp-fetch.timer"):
         assert f"/lib/systemd/system/{unit}" in names
     service = files.extractfile("./lib/systemd/system/danemilter.service")
     assert service is not None

@@ -20,6 +20,7 @@ from tests.support.mtaclient import MtaClient
 from tests.support.ports import free_port
 from tests.support.postfix import wait_for
 from tests.support.procstat import thread_count
+from tests.support.socketmap import SocketmapClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -283,6 +284,106 @@ def test_systemd_without_a_passed_socket_exits_2(tmp_path: Path,
     config.write_text(f"listen: systemd\n{NO_CHECK}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
     _exits_2_saying(config, "systemd passed no socket", {**env, **environment})
+
+
+# Both shipped socket units at once: systemd passes their descriptors from fd 3 on, in an
+# order of its own, named by FileDescriptorName= (LISTEN_FDNAMES).
+NAMED_ACTIVATION = """
+import os, socket, sys
+config, pairs = sys.argv[1], sys.argv[2:]
+names, parked = [], []
+for pair in pairs:
+    name, _, path = pair.partition("=")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(16)
+    names.append(name)
+    parked.append(os.dup2(sock.fileno(), 100 + len(parked)))  # clear of fds 3, 4, ...
+    sock.close()
+for index, fd in enumerate(parked):
+    os.dup2(fd, 3 + index)
+    os.set_inheritable(3 + index, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(pairs)),
+                  LISTEN_FDNAMES=":".join(names))
+os.execv(sys.executable, [sys.executable, "-m", "danemilter", "run", "--config", config])
+"""
+# Every domain dane: require: the socketmap answers without a DNS lookup.
+REQUIRE_ALL = "policy:\n  default: {dane: require}\n"
+
+
+def _activated(tmp_path: Path, config_text: str, names: list[str]
+               ) -> tuple[subprocess.Popen[bytes], Path, dict[str, Path]]:
+    tmp_path.chmod(0o755)
+    config = tmp_path / "danemilter.yaml"
+    config.write_text("listen: systemd\nlog_level: info\n" + NO_CHECK + config_text)
+    paths = [(name, tmp_path / f"{name or 'unnamed'}-{i}.sock")
+             for i, name in enumerate(names)]
+    log = tmp_path / "milter.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", NAMED_ACTIVATION, str(config),
+                                 *(f"{n}={path}" for n, path in paths)],
+                                stdout=out, stderr=out)
+    return proc, log, dict(paths)
+
+
+@pytest.mark.parametrize("names", [["milter", "policy"], ["policy", "milter"]])
+def test_socket_activation_serves_the_milter_and_the_policy_socket_by_name(
+        tmp_path: Path, names: list[str]) -> None:
+    proc, log, paths = _activated(tmp_path, REQUIRE_ALL, names)
+    try:
+        wait_for(lambda: "INFO listening on systemd" in log.read_text()
+                 or proc.poll() is not None, 20, "the activated milter")
+        assert proc.poll() is None, log.read_text()
+        assert _answers(f"unix:{paths['milter']}")
+        with SocketmapClient(paths["policy"]) as client:
+            assert client.query("example.org") == "OK dane-only"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0, log.read_text()
+
+
+def test_socket_activation_without_the_policy_unit_says_there_is_no_policy_socket(
+        tmp_path: Path) -> None:
+    proc, log, paths = _activated(tmp_path, "", ["milter"])
+    try:
+        wait_for(lambda: "INFO listening on systemd" in log.read_text()
+                 or proc.poll() is not None, 20, "the activated milter")
+        assert proc.poll() is None, log.read_text()
+        assert "no policy socket: systemd passed none (danemilter-policy.socket)" in \
+            log.read_text()
+        assert _answers(f"unix:{paths['milter']}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0, log.read_text()
+
+
+@pytest.mark.parametrize(("config_text", "names", "message"), [
+    ("policy_socket: systemd\n", ["milter"],
+     "policy_socket: systemd passed no socket named policy (milter): enable "
+     "danemilter-policy.socket"),
+    ("", ["", ""], "listen: systemd passed 2 socket(s) (unnamed, unnamed) and none is the "
+                   "milter's (FileDescriptorName=milter)"),
+    ("", ["policy"], "none is the milter's"),
+])
+def test_socket_activation_with_the_wrong_sockets_exits_2_saying_which(
+        tmp_path: Path, config_text: str, names: list[str], message: str) -> None:
+    proc, log, _ = _activated(tmp_path, config_text, names)
+    assert proc.wait(timeout=30) == 2, log.read_text()
+    lines = log.read_text().strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_policy_query_asks_for_the_path_of_a_socket_systemd_passes(tmp_path: Path) -> None:
+    config = tmp_path / "danemilter.yaml"
+    config.write_text("listen: systemd\n")
+    done = subprocess.run([*DANEMILTER, "policy-query", "example.org", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"danemilter: {config}: systemd passes the policy socket; name its path with "
+        "--socket (danemilter-policy.socket's ListenStream)"]
 
 
 # libmilter must not be reachable over TCP (issue 16 item 8): the configuration refuses it,

@@ -207,11 +207,11 @@ def test_the_units_are_valid_for_systemd(tmp_path: Path) -> None:
     # systemd-analyze reads units without a running systemd; the commands must exist,
     # so the copies name this checkout's console script instead of /usr/local/bin.
     script = Path(sys.executable).parent / "danemilter"
-    for name in ("danemilter.service", "danemilter.socket"):
+    units = ("danemilter.service", "danemilter.socket", "danemilter-policy.socket")
+    for name in units:
         text = (ROOT / "packaging" / "systemd" / name).read_text()
         (tmp_path / name).write_text(text.replace("/usr/local/bin/danemilter", str(script)))
-    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "danemilter.service"),
-                             str(tmp_path / "danemilter.socket")],
+    result = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u) for u in units)],
                             capture_output=True, text=True, timeout=30, check=False)
     problems = [line for line in result.stderr.splitlines()
                 if "Command 'man " not in line]  # the man pages are the package's

@@ -13,7 +13,11 @@ pytestmark = pytest.mark.timeout(30)
     ("listen: unix:/var/spool/postfix/danemilter/danemilter.sock\n",
      "unix:/var/spool/postfix/danemilter/policy.sock"),
     ("listen: inet:8891@127.0.0.1\n", None),
-    ("listen: systemd\n", None),
+    # systemd's socket named "policy" when it passes one (danemilter-policy.socket).
+    ("listen: systemd\n", "systemd"),
+    ("listen: systemd\npolicy_socket: off\n", None),
+    ("listen: systemd\npolicy_socket: unix:/run/d/p.sock\n", "unix:/run/d/p.sock"),
+    ("listen: unix:/run/d/m.sock\npolicy_socket: systemd\n", "systemd"),
     ("listen: unix:/run/d/m.sock\npolicy_socket: off\n", None),
     ("listen: unix:/run/d/m.sock\npolicy_socket: \"off\"\n", None),
     ("policy_socket: unix:/run/danemilter/policy.sock\n", "unix:/run/danemilter/policy.sock"),
@@ -34,7 +38,7 @@ def test_policy_socket_mode_and_group() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("policy_socket: systemd\n", "t.yaml:1: policy_socket must be unix:/PATH"),
+    ("policy_socket: systemd.sock\n", "t.yaml:1: policy_socket must be unix:/PATH"),
     ("policy_socket: /run/x.sock\n", "t.yaml:1: policy_socket must be unix:/PATH"),
     ("policy_socket: yes\n", "t.yaml:1: policy_socket must be"),
     ("\npolicy_socket_mode: \"999\"\n", "t.yaml:2: policy_socket_mode must be an octal"),
