@@ -213,9 +213,11 @@ def test_a_running_daemon_notices_its_resolver_stop_validating(
             assert f"resolver 127.0.0.1:{relay.port}: validating" in milter.log()
             relay.upstream = ("127.0.0.1", plain.port)
             started = time.monotonic()
-            wait_for(lambda: "no domain can be dane until it validates" in milter.log(), 20,
+            wait_for(lambda: "no domain can be dane until it validates" in milter.log(), 25,
                      "the periodic check's degradation")
-            assert time.monotonic() - started < 12  # within the 10 s interval
+            # The 10 s interval's check, with room for a loaded machine; a reload or the
+            # 60 s cadence of a failing resolver could not have come this soon.
+            assert time.monotonic() - started < 20
             assert "not-validating" in milter.log().rsplit("listening on", 1)[1]
         finally:
             assert milter.stop() == 0
