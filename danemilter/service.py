@@ -308,23 +308,17 @@ class Service:
         self.cache.close()  # quick, and no executor thread may outlive the service
 
 
-class LoopThread:
-    """A service on an event loop of its own, for callers in other threads (libmilter's
-    worker threads): they block on :meth:`call` while the loop does the I/O."""
+class EventLoopThread:
+    """An event loop on a thread of its own, for callers in other threads: they block on
+    :meth:`call` while the loop does the I/O. :meth:`close` runs :meth:`_aclose` on the
+    loop first."""
 
-    def __init__(self, resolver: ResolverSettings, cache: CacheSettings,
-                 mta_sts: MtaStsSettings | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="danemilter-loop",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
         self._closed = False
         self._close_lock = threading.Lock()
-
-        async def make() -> Service:
-            return Service(resolver, cache, mta_sts)
-
-        self.service = self.call(make(), timeout=30)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -334,16 +328,36 @@ class LoopThread:
             future.cancel()
             raise
 
+    async def _aclose(self) -> None:
+        """What runs on the loop before it stops."""
+
     def close(self) -> None:
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            self.call(self.service.aclose(), timeout=5)
+            self.call(self._aclose(), timeout=5)
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
             self.call(self.loop.shutdown_default_executor(), timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+class LoopThread(EventLoopThread):
+    """A service on an event loop of its own, for callers in other threads (libmilter's
+    worker threads): they block on :meth:`call` while the loop does the I/O."""
+
+    def __init__(self, resolver: ResolverSettings, cache: CacheSettings,
+                 mta_sts: MtaStsSettings | None = None) -> None:
+        super().__init__("danemilter-loop")
+
+        async def make() -> Service:
+            return Service(resolver, cache, mta_sts)
+
+        self.service = self.call(make(), timeout=30)
+
+    async def _aclose(self) -> None:
+        await self.service.aclose()

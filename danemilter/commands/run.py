@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
-import contextlib
 import grp
 import logging
 import os
@@ -13,9 +11,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Coroutine
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 from danemilter.config import (
     DEFAULT_PATH,
@@ -44,10 +41,9 @@ from danemilter.milter.session import Runtime, RuntimeRef
 from danemilter.policymap.server import PolicyServer
 from danemilter.resolver_check import ResolverCheck, ResolverMonitor, check_resolver
 from danemilter.sdnotify import Notifier, watchdog_interval
-from danemilter.service import LoopThread, Service
+from danemilter.service import EventLoopThread, LoopThread, Service
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # libmilter's I/O timeout towards the MTA; Postfix's own milter timeouts are shorter.
 _MTA_TIMEOUT = 600
@@ -198,6 +194,20 @@ def _apply_check(service: object, result: ResolverCheck | None,
               "resolver-not-validating)", result.line())
 
 
+def _status_line(listen: str, check: ResolverCheck | None) -> str:
+    """systemd's STATUS=: where the milter listens, and the last resolver check."""
+    resolver = check.line() if check is not None else "resolver check off"
+    return f"listening on {listen}; {resolver}"
+
+
+def _report_check(ref: RuntimeRef, notifier: Notifier, result: ResolverCheck) -> None:
+    """A periodic check's outcome, under either transport: applied to the current
+    service (degraded or not), and in systemd's status line."""
+    service = ref.get().service
+    _apply_check(service, result, getattr(service, "degraded", None))
+    notifier.status(_status_line(ref.get().settings.listen, result))
+
+
 def _load_for_reload(path: str | None) -> Settings | None:
     """The re-read policy, or None (logged) when it cannot be used: the running one stays."""
     try:
@@ -307,14 +317,10 @@ class _Daemon:
         return 0
 
     def _status_line(self) -> str:
-        check = self.monitor.last
-        resolver = check.line() if check is not None else "resolver check off"
-        return f"listening on {self.settings.listen}; {resolver}"
+        return _status_line(self.settings.listen, self.monitor.last)
 
     def _checked(self, result: ResolverCheck) -> None:
-        service = self.ref.get().service
-        _apply_check(service, result, getattr(service, "degraded", None))
-        self.notifier.status(self._status_line())
+        _report_check(self.ref, self.notifier, result)
 
     def _start_watchdog(self) -> asyncio.Task[None] | None:
         interval = watchdog_interval(os.environ)
@@ -428,8 +434,7 @@ def _serve_libmilter(path: str | None, settings: Settings,
     if _wait_until_listening(settings, stop):
         _set_socket_group(settings)
         _log_started(settings)
-        notifier.ready(f"listening on {settings.listen}; "
-                       f"{first_check.line() if first_check else 'resolver check off'}")
+        notifier.ready(_status_line(settings.listen, first_check))
     # The watchdog pings come from this thread, which also serves the reloads.
     ping_every = watchdog_interval(os.environ) if notifier.enabled else None
 
@@ -532,44 +537,26 @@ def _reload_libmilter(path: str | None, ref: RuntimeRef, engine: LoopThread,
     return engine
 
 
-class _MonitorThread:
+class _MonitorThread(EventLoopThread):
     """The asyncio transport's periodic resolver check, for libmilter: a ResolverMonitor
     on a loop thread of its own, applying each outcome to whichever service is current."""
 
     def __init__(self, settings: Settings, first_check: ResolverCheck | None,
                  ref: RuntimeRef, notifier: Notifier) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever,
-                                        name="danemilter-resolver-check", daemon=True)
-        self._thread.start()
-        self._ref = ref
-        self._notifier = notifier
+        super().__init__("danemilter-resolver-check")
 
         async def start() -> ResolverMonitor:
             monitor = ResolverMonitor(settings.resolver, settings.resolver_check,
-                                      self._checked, first_check)
+                                      lambda result: _report_check(ref, notifier, result),
+                                      first_check)
             monitor.start()
             return monitor
 
-        self.monitor = self._call(start())
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(_RELOAD_TIMEOUT)
-
-    def _checked(self, result: ResolverCheck) -> None:
-        service = self._ref.get().service
-        _apply_check(service, result, getattr(service, "degraded", None))
-        self._notifier.status(f"listening on {self._ref.get().settings.listen}; "
-                              f"{result.line()}")
+        self.monitor = self.call(start(), timeout=_RELOAD_TIMEOUT)
 
     def replace(self, settings: Settings, check: ResolverCheck | None) -> None:
         self.loop.call_soon_threadsafe(self.monitor.replace, settings.resolver,
                                        settings.resolver_check, check)
 
-    def close(self) -> None:
-        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            self._call(self.monitor.aclose())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self.loop.close()
+    async def _aclose(self) -> None:
+        await self.monitor.aclose()
