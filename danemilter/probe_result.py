@@ -18,6 +18,7 @@ from danemilter.status import DomainState, DomainStatus, HostState, HostStatus
 # The trust label of PKIX verdicts judged against the system's store (no mta_sts.ca_file).
 SYSTEM_TRUST = "system"
 
+
 class OcspRequest(StrEnum):
     """Which probes ask for a staple: ``auto`` where Exim would (a staple can be checked)."""
 

@@ -147,9 +147,7 @@ def _open_policy_listener(settings: Settings, milter: socket.socket,
                              settings.socket_group if group is None else group)
     except ListenError as exc:
         milter.close()
-        message = str(exc)
-        raise ListenError(message if message.startswith("policy_socket: ")
-                          else f"policy_socket: {message}") from None
+        raise ListenError(f"policy_socket: {exc}") from None
 
 
 def _no_policy_socket_under_libmilter(settings: Settings) -> None:

@@ -145,7 +145,7 @@ def refuse_systemd_for_libmilter() -> None:
     would moreover expose it to every peer that can connect (docs/security.md), so the
     reason names the socket systemd passed.
     """
-    passed = _systemd_socket()  # systemd passed none: that is the line
+    passed = SystemdSockets.take().milter()  # systemd passed none: that is the line
     family = passed.family
     with contextlib.suppress(OSError):
         passed.detach()  # fd 3 stays systemd's
@@ -227,17 +227,13 @@ class SystemdSockets:
 
     def policy(self, *, required: bool) -> socket.socket | None:
         """The policy socket's, named ``policy``; None when systemd passed none and the
-        configuration did not ask for it (ListenError when it did)."""
+        configuration did not ask for it (ListenError when it did; the caller names the
+        setting)."""
         found = dict(self.sockets).get(POLICY_FD_NAME)
         if found is None and required:
-            raise ListenError(f"policy_socket: systemd passed no socket named "
-                              f"{POLICY_FD_NAME} ({self._names()}): enable "
-                              "danemilter-policy.socket")
+            raise ListenError(f"systemd passed no socket named {POLICY_FD_NAME} "
+                              f"({self._names()}): enable danemilter-policy.socket")
         return found
 
     def _names(self) -> str:
         return ", ".join(name or "unnamed" for name, _ in self.sockets)
-
-
-def _systemd_socket() -> socket.socket:
-    return SystemdSockets.take().milter()
