@@ -24,7 +24,6 @@ All MX hosts share one address, so ignoring a host can only have been by its nam
 
 from __future__ import annotations
 
-import re
 import socket
 import socketserver
 import subprocess
@@ -35,11 +34,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.delivery import DeliveryWorld, message
-from tests.support.dnsbed import DnssecTestBed, Zone
+from tests.support.dnsbed import Zone
 from tests.support.exim import PrivateExim, running
 from tests.support.milterproc import MilterProcess
 from tests.support.pki import Issued, make_ca, make_leaf
-from tests.support.posttlsfinger import start_relay
 from tests.support.probe_world import spki_sha256
 from tests.support.receiver import ReceivingServer
 from tests.support.sts_server import Served, StsServer
@@ -122,18 +120,7 @@ class StsDeliveryWorld(DeliveryWorld):
         digest = spki_sha256(self.receiver.issued.cert)
         records += [f"_{port}._tcp.mx.dane TLSA 3 1 1 {digest}"
                     for port in (25, self.receiver.port)]
-        self.bed = DnssecTestBed([Zone(ZONE, records=tuple(records))])
-        self.bed.start()
-        self.relay = start_relay((self.bed.resolver_address, self.bed.resolver_port))
-        self.route_mtas_through_bed()
-
-    def route_mtas_through_bed(self) -> None:
-        assert self.relay is not None and self.receiver is not None
-        self.resolv_conf.write_text(f"nameserver {self.relay.listen}\n"
-                                    "options edns0 trust-ad\n")
-        services = Path("/etc/services").read_text()
-        self.services.write_text(re.sub(r"(?m)^smtp\s+25/tcp.*$",
-                                        f"smtp\t\t{self.receiver.port}/tcp\tmail", services))
+        self.serve(Zone(ZONE, records=tuple(records)))
 
     def stop(self) -> None:
         if self.sts is not None:

@@ -101,7 +101,13 @@ class DeliveryWorld:
                 # the MTAs, which ask at the port they connect to.
                 for port in (25, self.receiver.port):
                     records.append(f"_{port}._tcp.mx.{name} TLSA 3 1 1 {digest}")
-        self.bed = DnssecTestBed([Zone(ZONE, records=tuple(records))])
+        self.serve(Zone(ZONE, records=tuple(records)))
+
+    def serve(self, zone: Zone) -> None:
+        """``zone`` on the DNSSEC bed, and the MTAs' resolv.conf and "smtp" port pointed
+        at it and at the receiver (which must be running)."""
+        assert self.receiver is not None
+        self.bed = DnssecTestBed([zone])
         self.bed.start()
         self.relay = start_relay((self.bed.resolver_address, self.bed.resolver_port))
         # trust-ad: glibc passes the AD bit on only then (Exim needs it; Postfix sets

@@ -7,10 +7,12 @@ helpers for TLS servers, OCSP responders and CLI input files.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
@@ -126,6 +128,17 @@ def make_leaf(
 
 def chain_pem(*issued: Issued) -> bytes:
     return b"".join(item.pem() for item in issued)
+
+
+def server_context(directory: Path, label: str, chain: Sequence[Issued]) -> ssl.SSLContext:
+    """A TLS server context presenting ``chain`` (leaf first), by way of PEM files named
+    ``label`` in ``directory`` (ssl loads certificates only from files)."""
+    cert, key = directory / f"{label}.pem", directory / f"{label}.key"
+    cert.write_bytes(chain_pem(*chain))
+    key.write_bytes(chain[0].key_pem())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def _builder(

@@ -53,19 +53,10 @@ class ReceivingServer:
         issued = pki.make_leaf(None, ["mx.receiver.test"], cn="mx.receiver.test")
         self.issued = issued
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "cert.pem").write_bytes(issued.pem())
-        (directory / "key.pem").write_bytes(issued.key_pem())
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+        self.context = pki.server_context(directory, "cert", [issued])
         self.context.sni_callback = self._choose
-        self._by_name: dict[str, ssl.SSLContext] = {}
-        for index, (name, chain) in enumerate((certificates or {}).items()):
-            cert, key = directory / f"sni-{index}.pem", directory / f"sni-{index}.key"
-            cert.write_bytes(b"".join(issued.pem() for issued in chain))
-            key.write_bytes(chain[0].key_pem())
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(cert, key)
-            self._by_name[name.lower()] = context
+        self._by_name = {name.lower(): pki.server_context(directory, f"sni-{index}", chain)
+                         for index, (name, chain) in enumerate((certificates or {}).items())}
         # The SNI of each handshake under way, by its socket (read once it completes).
         self._sni: dict[int, str | None] = {}
         self.messages: list[Received] = []

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.pki import Issued, make_ca, make_leaf
+from tests.support.pki import Issued, make_ca, make_leaf, server_context
 from tests.support.ports import free_port
 
 
@@ -48,12 +48,7 @@ class StsServer:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def _context(self, label: str, leaf: Issued) -> ssl.SSLContext:
-        cert = self.directory / f"{label}.pem"
-        cert.write_bytes(leaf.pem() + self.ca.pem())
-        key = self.directory / f"{label}.key"
-        key.write_bytes(leaf.key_pem())
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
+        context = server_context(self.directory, label, [leaf, self.ca])
         context.sni_callback = self._choose
         return context
 
